@@ -83,7 +83,9 @@ def running_server(
 ) -> Iterator[Server]:
     """Run `app` (a `module:factory` path) until the block exits."""
     port = free_port()
-    server = Server(app=app, port=port, env=env, log_path=log_dir / f"{app.split(':')[0]}-{port}.log")
+    server = Server(
+        app=app, port=port, env=env, log_path=log_dir / f"{app.split(':')[0]}-{port}.log"
+    )
     server.start(ready_path)
     try:
         yield server

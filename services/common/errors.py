@@ -116,7 +116,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return _service_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def handle_validation_error(
+        request: Request, exc: RequestValidationError
+    ) -> JSONResponse:
         # FastAPI's default echoes the rejected input back; this message names
         # the parameter and the rule only.
         return _service_error_response(request, InvalidParameter(_validation_error_message(exc)))

@@ -44,7 +44,9 @@ class PreprocessSpec(BaseModel):
         default=1.0, gt=0.0, le=1.0, description="Used by shorter_side_center_crop only."
     )
     interpolation: Interpolation = "bilinear"
-    mean: tuple[float, ...] = Field(description="Per-channel mean, on pixel values scaled to [0, 1].")
+    mean: tuple[float, ...] = Field(
+        description="Per-channel mean, on pixel values scaled to [0, 1]."
+    )
     std: tuple[float, ...] = Field(description="Per-channel std, on pixel values scaled to [0, 1].")
     pad_value: int = Field(default=114, ge=0, le=255, description="Letterbox padding, 0-255.")
     stride: int = Field(default=32, gt=0, description="Letterbox stride (detection only).")

@@ -56,8 +56,8 @@ def _resize_shorter_side_center_crop(image: Image.Image, spec: PreprocessSpec) -
         new_size = (int(target * width / height), target)
     resized = image.resize(new_size, _RESAMPLING[spec.interpolation])
 
-    left = int(round((new_size[0] - spec.width) / 2.0))
-    top = int(round((new_size[1] - spec.height) / 2.0))
+    left = round((new_size[0] - spec.width) / 2.0)
+    top = round((new_size[1] - spec.height) / 2.0)
     return resized.crop((left, top, left + spec.width, top + spec.height))
 
 
