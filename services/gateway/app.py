@@ -1,0 +1,66 @@
+"""Gateway application factory: `uvicorn services.gateway.app:create_app --factory`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.errors import install_error_handlers
+from services.common.logging import configure_logging
+from services.common.metrics import install_http_middleware
+from services.gateway.api import router
+from services.gateway.backend import Backend, Backends
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.readiness import ReadinessMonitor
+from services.gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """Build the gateway app. Settings come from `VS_GATEWAY_*` variables unless given."""
+    settings = settings or GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    # httpx logs every backend call at INFO, which repeats the access log line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backends = _create_backends(settings, metrics)
+        app.state.backends = backends
+        app.state.readiness = ReadinessMonitor(backends, settings.ready_timeout_seconds)
+        logger.info("gateway started", extra={"classifier_url": settings.classifier_url})
+        try:
+            yield
+        finally:
+            await backends.aclose()
+            logger.info("gateway stopped")
+
+    app = FastAPI(
+        title="VisionServe gateway",
+        summary="One REST entry point that forwards image requests to the model services.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_http_middleware(app, metrics)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def _create_backends(settings: GatewaySettings, metrics: GatewayMetrics) -> Backends:
+    classifier = Backend(
+        "classifier",
+        settings.classifier_url,
+        timeout=settings.backend_timeout(),
+        limits=settings.backend_limits(),
+        connect_retries=settings.connect_retries,
+        metrics=metrics,
+    )
+    return Backends(classifier=classifier)
