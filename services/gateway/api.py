@@ -11,7 +11,12 @@ from services.common.errors import InvalidParameter, error_body
 from services.gateway.backend import Backends
 from services.gateway.body import read_limited_body
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.openapi import IMAGE_UPLOAD_BODY, ErrorResponse, error_responses
+from services.gateway.openapi import (
+    CLASSIFY_RESPONSE_DESCRIPTION,
+    IMAGE_UPLOAD_BODY,
+    ErrorResponse,
+    error_responses,
+)
 from services.gateway.readiness import ReadinessMonitor
 from services.gateway.settings import GatewaySettings
 
@@ -50,7 +55,7 @@ router = APIRouter()
     "/v1/classify",
     openapi_extra=IMAGE_UPLOAD_BODY,
     responses={
-        200: {"description": "The classifier's response, unchanged."},
+        200: {"description": CLASSIFY_RESPONSE_DESCRIPTION},
         **error_responses(400, 404, 413, 415, 422, 502, 503, 504),
     },
 )

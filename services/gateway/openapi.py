@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.common.upload import FILE_FIELD, MULTIPART_CONTENT_TYPE, RAW_CONTENT_TYPES
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable error code, such as model_not_found.")
@@ -42,24 +44,31 @@ ERROR_DESCRIPTIONS = {
     504: "Backend did not respond within the gateway's read timeout.",
 }
 
+_BINARY = {"type": "string", "format": "binary"}
+
 IMAGE_UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": (
-            "One image, either as the `file` field of a multipart form or as the raw body "
-            "with an image content type such as image/jpeg or image/png."
+            f"One image, either as the {FILE_FIELD!r} field of a {MULTIPART_CONTENT_TYPE} form "
+            "or as the raw body with an image content type. The gateway forwards the body "
+            "unchanged, and the classifier decodes it."
         ),
         "content": {
-            "multipart/form-data": {
+            MULTIPART_CONTENT_TYPE: {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "The image."}
-                    },
+                    "required": [FILE_FIELD],
+                    "properties": {FILE_FIELD: {**_BINARY, "description": "The image."}},
                 }
             },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            **{content_type: {"schema": _BINARY} for content_type in RAW_CONTENT_TYPES},
         },
     }
 }
+
+CLASSIFY_RESPONSE_DESCRIPTION = (
+    "The classifier's response, unchanged: `model` (name, version), `predictions` "
+    "(label, class_id, probability; most probable first), `image` (width, height) and "
+    "`timings_ms` per stage."
+)

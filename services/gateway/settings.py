@@ -66,7 +66,13 @@ class GatewaySettings(ServiceSettings):
         default=20, ge=0, description="Maximum idle connections kept open to each backend."
     )
     keepalive_expiry_seconds: float = Field(
-        default=5.0, gt=0, description="Seconds after which an idle backend connection is closed."
+        default=4.0,
+        gt=0,
+        description=(
+            "Seconds after which the gateway closes an idle backend connection. Keep it below "
+            "the backends' own keep-alive timeout (5 s in uvicorn 0.55 by default), or a "
+            "request can be sent on a connection that the backend is closing."
+        ),
     )
     connect_retries: int = Field(
         default=1,
