@@ -36,15 +36,22 @@ class Readiness:
     def is_ready(self) -> bool:
         return self.state is State.READY
 
-    def check(self) -> None:
-        """Raise ServiceUnavailable (503) unless the models are ready."""
+    def unavailable_error(self) -> ServiceUnavailable | None:
+        """Return the 503 error that describes the current state, or None when ready."""
         if self.state is State.LOADING:
-            raise ServiceUnavailable(
+            return ServiceUnavailable(
                 "models are still loading; retry shortly",
                 headers={"Retry-After": str(LOADING_RETRY_AFTER)},
             )
         if self.state is State.FAILED:
-            raise ServiceUnavailable("models failed to load; see the service log")
+            return ServiceUnavailable("models failed to load; see the service log")
+        return None
+
+    def check(self) -> None:
+        """Raise ServiceUnavailable (503) unless the models are ready."""
+        error = self.unavailable_error()
+        if error is not None:
+            raise error
 
     async def load(self, load_models: Callable[[], None]) -> None:
         """Run `load_models` in a worker thread and record whether it succeeded.
