@@ -163,6 +163,12 @@ def too_few_labels(root: Path) -> None:
     write_model_version(root, colour_classifier(num_classes=4), colour_metadata())
 
 
+def letterbox_classifier(root: Path) -> None:
+    metadata = colour_metadata()
+    spec = metadata.preprocess.model_copy(update={"resize": "letterbox"})
+    write_model_version(root, colour_classifier(), metadata.model_copy(update={"preprocess": spec}))
+
+
 def missing_pinned_model(root: Path) -> None:
     build_colour_repository(root)
 
@@ -184,6 +190,7 @@ LOAD_ERRORS = [
     (fixed_batch_of_four, {}, "batch dimension is fixed at 4"),
     (wrong_output_name, {}, "no output named 'logits'.*its outputs are: scores"),
     (too_few_labels, {}, r"shape \(1, 4\) for one image, expected \(1, 3\)"),
+    (letterbox_classifier, {}, "preprocess.resize is 'letterbox', which is for detection"),
     (missing_pinned_model, {"pinned_versions": {"resnet": 1}}, "pinned model 'resnet' not found"),
     (missing_pinned_model, {"pinned_versions": {COLOUR_MODEL: 7}}, "available versions: 1"),
     (no_models, {}, "no classification models found"),

@@ -68,6 +68,16 @@ def _check_input_shape(shape: Sequence[int | str | None], metadata: ModelMetadat
     return None
 
 
+def check_preprocess(metadata: ModelMetadata) -> str | None:
+    """Check that the preprocess spec suits the task: letterboxing is for detectors only."""
+    if metadata.task == "classification" and metadata.preprocess.resize == "letterbox":
+        return (
+            "preprocess.resize is 'letterbox', which is for detection models; "
+            "use 'stretch' or 'shorter_side_center_crop' for a classifier"
+        )
+    return None
+
+
 def check_output_shape(shape: tuple[int, ...], metadata: ModelMetadata) -> str | None:
     """Check the shape of the first output of a one-image run.
 

@@ -28,7 +28,7 @@ from services.common.metadata import (
     Task,
     read_metadata,
 )
-from services.common.model_checks import check_output_shape, check_signature
+from services.common.model_checks import check_output_shape, check_preprocess, check_signature
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class ModelRepository:
             # InvalidProtobuf, ...) that share no public base class.
             raise ModelLoadError(f"onnxruntime cannot load {model_path}: {exc}") from exc
 
-        problem = check_signature(session, metadata)
+        problem = check_preprocess(metadata) or check_signature(session, metadata)
         if problem:
             raise ModelLoadError(f"{model_path}: {problem}")
         model = LoadedModel(metadata, session, version_dir, available)

@@ -82,8 +82,8 @@ def _too_large(max_body_bytes: int) -> PayloadTooLarge:
 
 def _check_declared_length(request: Request, max_body_bytes: int) -> None:
     declared = request.headers.get("content-length")
-    # uvicorn rejects a malformed Content-Length before the app sees it, so a
-    # value that is not a number can only come from a test client.
+    # A value that is not a number is ignored here. The count while streaming
+    # still applies to it.
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise _too_large(max_body_bytes)
 
