@@ -9,6 +9,7 @@ from the `model` query parameter:
 - `busy`: 503 with `Retry-After: 7`
 - `not-json`: 200 with a plain-text body
 - `rate-limited`: 429 with a plain-text body and `Retry-After: 3`
+- `drop`: starts a 200 response and closes the connection before the body ends
 - anything else: 200 with a JSON echo of what arrived
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 
 def create_app() -> FastAPI:
@@ -42,6 +44,8 @@ def create_app() -> FastAPI:
             return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": "7"})
         if model == "not-json":
             return PlainTextResponse("not json")
+        if model == "drop":
+            return StreamingResponse(_chunks_then_failure(), media_type="application/json")
         if model == "rate-limited":
             return PlainTextResponse("slow down", status_code=429, headers={"Retry-After": "3"})
         echo = {
@@ -53,3 +57,9 @@ def create_app() -> FastAPI:
         return JSONResponse(echo)
 
     return app
+
+
+async def _chunks_then_failure() -> AsyncIterator[bytes]:
+    yield b'{"predictions": ['
+    # uvicorn closes the connection when a streaming body raises mid-response.
+    raise RuntimeError("faulty backend dropped the response on purpose")

@@ -259,6 +259,7 @@ def test_health_and_readiness(gateway: Server) -> None:
     ready = httpx.get(f"{gateway.url}/readyz")
 
     assert health.status_code == 200
+    assert health.json() == {"status": "alive"}
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ from tests.servers import Server, free_port, running_server
 GATEWAY_APP = "services.gateway.app:create_app"
 FAULTY_APP = "tests.faulty_backend:create_app"
 READ_TIMEOUT_SECONDS = 0.5
-BACKEND_DELAY_SECONDS = 3.0
+BACKEND_DELAY_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +166,41 @@ def test_backend_non_json_returns_502(gateway: Server) -> None:
     assert response.status_code == 502
     assert response.json()["error"]["message"] == "classifier service returned an invalid response"
     assert backend_error_count(gateway, "invalid_response") == before + 1
+
+
+@pytest.mark.slow
+def test_dropped_connection_returns_502(gateway: Server) -> None:
+    before = backend_error_count(gateway, "connection_error")
+
+    response = classify(gateway, "drop")
+
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["message"] == "classifier service closed the connection unexpectedly; retry later"
+    assert backend_error_count(gateway, "connection_error") == before + 1
+
+
+@pytest.mark.slow
+def test_full_pool_returns_503(faulty_backend: Server, tmp_path: Path) -> None:
+    env = {
+        "VS_GATEWAY_CLASSIFIER_URL": faulty_backend.url,
+        "VS_GATEWAY_MAX_CONNECTIONS": "1",
+        "VS_GATEWAY_MAX_KEEPALIVE_CONNECTIONS": "1",
+        "VS_GATEWAY_POOL_TIMEOUT_SECONDS": "0.2",
+    }
+    with (
+        running_server(GATEWAY_APP, env, tmp_path) as gateway,
+        ThreadPoolExecutor(max_workers=1) as executor,
+    ):
+        # The slow request keeps the only backend connection busy for BACKEND_DELAY_SECONDS.
+        slow = executor.submit(classify, gateway, "slow")
+        time.sleep(0.5)
+        blocked = classify(gateway, "echo")
+
+        assert blocked.status_code == 503
+        assert "no free connection to the classifier service" in blocked.text
+        assert backend_error_count(gateway, "pool_timeout") == 1
+        assert slow.result().status_code == 200
 
 
 @pytest.mark.slow

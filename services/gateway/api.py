@@ -94,7 +94,7 @@ async def list_models(backends: BackendsDep) -> dict[str, Any]:
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """Report that the gateway process is alive, whatever the state of its backends."""
-    return {"status": "ok"}
+    return {"status": "alive"}
 
 
 @router.get(

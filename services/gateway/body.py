@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from services.common.errors import InvalidRequest, PayloadTooLarge
 
@@ -13,7 +14,7 @@ async def read_limited_body(request: Request, max_bytes: int) -> bytes:
     A declared Content-Length above the limit is rejected before any body byte is
     read. A chunked upload is rejected at the first chunk that crosses the limit.
 
-    The gateway buffers the body before calling a backend, so a slow upload holds no
+    The gateway buffers the body before calling a backend, so a slow upload occupies no
     backend connection and a failed connection can be retried. The cost is up to
     `max_bytes` of memory per request in flight.
     """
@@ -22,16 +23,21 @@ async def read_limited_body(request: Request, max_bytes: int) -> bytes:
         _reject_declared_length(declared, max_bytes)
 
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > max_bytes:
-            raise _too_large(max_bytes)
+    try:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                raise _too_large(max_bytes)
+    except ClientDisconnect as error:
+        raise InvalidRequest("the client disconnected before sending the whole body") from error
     return bytes(body)
 
 
 def _reject_declared_length(declared: str, max_bytes: int) -> None:
     if not declared.isdigit():
-        raise InvalidRequest(f"invalid Content-Length header {declared[:32]!r}; expected bytes")
+        raise InvalidRequest(
+            f"invalid Content-Length header {declared[:32]!r}; expected a byte count"
+        )
     if int(declared) > max_bytes:
         raise _too_large(max_bytes)
 
