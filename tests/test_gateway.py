@@ -155,6 +155,8 @@ def test_classify_forwards_model_and_top_k(gateway: Server) -> None:
         ("text file", b"just some text\n", "text/plain", {}, 415),
         ("unknown model", solid_png(RED), "image/png", {"model": "no-such-model"}, 404),
         ("top_k zero", solid_png(RED), "image/png", {"top_k": 0}, 422),
+        # The gateway rejects this one itself, with the same rule and message.
+        ("top_k not a number", solid_png(RED), "image/png", {"top_k": "two"}, 422),
     ],
 )
 def test_classifier_4xx_passes_through(

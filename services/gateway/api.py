@@ -113,6 +113,7 @@ async def readyz(readiness: ReadinessDep) -> Response:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(service_metrics: MetricsDep) -> Response:
+    """Expose Prometheus metrics, including backend call latency and errors."""
     return service_metrics.render()
 
 
