@@ -50,6 +50,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Library warnings (Pillow's "Corrupt EXIF data", for example) would otherwise
+    # reach stderr as plain text lines between the JSON ones.
+    logging.captureWarnings(True)
     # uvicorn's access log duplicates our request log line.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):

@@ -64,8 +64,13 @@ class ServiceMetrics:
 def _route_template(request: Request) -> str:
     """Return the matched route path (`/v1/models/{name}`), never the raw URL.
 
-    Raw URLs would give every 404 probe its own label value.
+    Raw URLs would give every 404 probe its own label value. Call it after routing:
+    FastAPI 0.165 keeps an included router as one route entry without a path, so the
+    matched route is found only in the `route` key that routing adds to the scope.
     """
+    matched = request.scope.get("route")
+    if matched is not None:
+        return str(getattr(matched, "path", "unmatched"))
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match == Match.FULL:
@@ -90,7 +95,6 @@ def install_http_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
         request_id = _incoming_request_id(request)
         request.state.request_id = request_id
         token = set_request_id(request_id)
-        route = _route_template(request)
         started = time.perf_counter()
         status = 500
         try:
@@ -100,6 +104,7 @@ def install_http_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
             return response
         finally:
             elapsed = time.perf_counter() - started
+            route = _route_template(request)
             metrics.requests.labels(metrics.service, route, request.method, str(status)).inc()
             metrics.request_latency.labels(metrics.service, route).observe(elapsed)
             if route != "/metrics":
