@@ -10,7 +10,11 @@ import torch
 from torch import nn
 
 from training.classification.efficientnet import TIMM_ARCHITECTURE, efficientnet_lite0
-from training.classification.errors import DataNotFoundError, TrainingError
+from training.classification.errors import (
+    DataNotFoundError,
+    InvalidArgumentsError,
+    TrainingError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +144,7 @@ def build_model(
         start = (
             "the packaged ImageNet weights" if name == "efficientnet_lite0" else "random weights"
         )
-        raise TrainingError(
+        raise InvalidArgumentsError(
             f"--weights and --download-weights apply to resnet18 and vgg11 only; "
             f"{name} starts from {start}"
         )
@@ -148,7 +152,7 @@ def build_model(
         return MLP(in_channels * image_size * image_size, num_classes, dropout=dropout)
     if name == "cnn":
         if image_size < CNN_MIN_IMAGE_SIZE:
-            raise TrainingError(
+            raise InvalidArgumentsError(
                 f"--image-size {image_size} is too small for cnn; use at least {CNN_MIN_IMAGE_SIZE}"
             )
         return SmallCNN(in_channels, num_classes, dropout=dropout)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import cast
 
 from services.common.metadata import ColorMode, Interpolation, PreprocessSpec, ResizePolicy
-from training.classification.errors import TrainingError
+from training.classification.errors import InvalidArgumentsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,7 +66,7 @@ def build_preprocess_spec(
     if color_mode is None:
         color_mode = "RGB" if pretrained else _NATIVE_COLOR_MODE[dataset]
     if pretrained and color_mode != "RGB":
-        raise TrainingError(
+        raise InvalidArgumentsError(
             f"--color-mode {color_mode} is invalid for {model}: its pretrained weights "
             f"expect 3-channel RGB input"
         )
@@ -77,7 +77,9 @@ def build_preprocess_spec(
     if crop_fraction is None:
         crop_fraction = PRETRAINED_CROP_FRACTION if resize == "shorter_side_center_crop" else 1.0
     elif resize != "shorter_side_center_crop":
-        raise TrainingError("--crop-fraction applies only to --resize shorter_side_center_crop")
+        raise InvalidArgumentsError(
+            "--crop-fraction applies only to --resize shorter_side_center_crop"
+        )
     if image_size is None:
         image_size = default_image_size(model, dataset)
 
@@ -104,4 +106,4 @@ def build_preprocess_spec(
             std=std,
         )
     except ValueError as error:
-        raise TrainingError(f"invalid preprocessing options: {error}") from error
+        raise InvalidArgumentsError(f"invalid preprocessing options: {error}") from error
