@@ -183,6 +183,25 @@ def test_resnet18_without_weights_explains_options() -> None:
     assert "--download-weights" in str(raised.value)
 
 
+def test_train_resnet18_without_weights_fails_early(tmp_path: Path) -> None:
+    args = train_args(tmp_path / "run", "--image-size", "32")
+    args.model = "resnet18"
+
+    with pytest.raises(DataNotFoundError, match="--download-weights"):
+        train.main(args)
+
+    assert not (tmp_path / "run").exists()
+
+
+def test_efficientnet_gets_new_head() -> None:
+    model = build_model("efficientnet_lite0", num_classes=10, in_channels=3, image_size=32)
+    imagenet = build_model("efficientnet_lite0", num_classes=1000, in_channels=3, image_size=224)
+
+    assert model.classifier.out_features == 10
+    assert imagenet.classifier.out_features == 1000
+    assert torch.equal(model.conv_stem.weight, imagenet.conv_stem.weight)
+
+
 def test_resnet18_missing_weights_file_named(tmp_path: Path) -> None:
     missing = tmp_path / "resnet18.pth"
 

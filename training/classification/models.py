@@ -86,11 +86,6 @@ class SmallCNN(nn.Module):
 def _load_torchvision_weights(name: str, weights: Path) -> nn.Module:
     from torchvision import models
 
-    if not weights.is_file():
-        raise DataNotFoundError(
-            f"weights file {weights} not found; pass --weights with an existing "
-            f"torchvision {name} state dict, or --download-weights"
-        )
     model: nn.Module = models.get_model(name, weights=None)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     try:
@@ -100,23 +95,35 @@ def _load_torchvision_weights(name: str, weights: Path) -> nn.Module:
     return model
 
 
-def _torchvision_model(
-    name: str, num_classes: int, weights: Path | None, download_weights: bool
-) -> nn.Module:
-    from torchvision import models
-
-    if weights is not None:
-        model = _load_torchvision_weights(name, weights)
-    elif download_weights:
-        # Downloads into torch.hub's cache (TORCH_HOME) on first use.
-        enum = models.get_model_weights(name).IMAGENET1K_V1
-        model = models.get_model(name, weights=enum)
-    else:
+def check_weights_source(name: str, weights: Path | None, download_weights: bool) -> None:
+    """Raise DataNotFoundError when resnet18 or vgg11 has no weights file and no download."""
+    if name not in TORCHVISION_MODELS or download_weights:
+        return
+    if weights is None:
         raise DataNotFoundError(
             f"{name} needs ImageNet weights: pass --weights PATH with a torchvision "
             f"{name} state dict file, or --download-weights to download "
             f"torchvision's IMAGENET1K_V1 weights"
         )
+    if not weights.is_file():
+        raise DataNotFoundError(
+            f"weights file {weights} not found; pass --weights with an existing "
+            f"torchvision {name} state dict, or --download-weights"
+        )
+
+
+def _torchvision_model(
+    name: str, num_classes: int, weights: Path | None, download_weights: bool
+) -> nn.Module:
+    from torchvision import models
+
+    check_weights_source(name, weights, download_weights)
+    if weights is not None:
+        model = _load_torchvision_weights(name, weights)
+    else:
+        # Downloads into torch.hub's cache (TORCH_HOME) on first use.
+        enum = models.get_model_weights(name).IMAGENET1K_V1
+        model = models.get_model(name, weights=enum)
 
     if num_classes == 1000:
         return model

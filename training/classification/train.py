@@ -21,9 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
 from services.common.metadata import PreprocessSpec
@@ -39,15 +36,16 @@ from training.classification.data import (
 from training.classification.engine import evaluate, train_one_epoch
 from training.classification.errors import InvalidArgumentsError
 from training.classification.evaluation import set_threads
-from training.classification.models import build_model
-from training.classification.optim import (
-    EarlyStopping,
-    build_lr_scheduler,
-    build_optimizer,
-    steps_per_epoch,
-)
+from training.classification.models import check_weights_source
 from training.classification.preprocessing import build_preprocess_spec
 from training.classification.report import write_report
+from training.classification.run_state import (
+    RunState,
+    build_run_state,
+    checkpoint_payload,
+    json_args,
+    restore_run_state,
+)
 from training.classification.train_args import get_args_parser, merge_resumed_args, resolve_args
 
 logger = logging.getLogger(__name__)
@@ -118,12 +116,6 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def _json_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
-    }
-
-
 def _append_log_row(path: Path, row: dict[str, float | int]) -> None:
     new_file = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as handle:
@@ -133,34 +125,6 @@ def _append_log_row(path: Path, row: dict[str, float | int]) -> None:
         writer.writerow(row)
 
 
-def _checkpoint_state(
-    *,
-    model: nn.Module,
-    optimizer: Optimizer,
-    lr_scheduler: LRScheduler | None,
-    epoch: int,
-    args: argparse.Namespace,
-    splits: DataSplits,
-    spec: PreprocessSpec,
-    stopping: EarlyStopping,
-    generator: torch.Generator,
-    metrics: dict[str, float],
-) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-        "epoch": epoch,
-        "args": _json_args(args),
-        "labels": splits.classes,
-        "preprocess": spec.model_dump(mode="json"),
-        "data_fingerprint": splits.fingerprint,
-        "early_stopping": stopping.state_dict(),
-        "metrics": metrics,
-        "rng": {"torch": torch.get_rng_state(), "train_loader": generator.get_state()},
-    }
-
-
 def _prepare_run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Resolve the options, merging those of --resume, and return the resumed checkpoint."""
     checkpoint = None
@@ -168,6 +132,9 @@ def _prepare_run(args: argparse.Namespace) -> dict[str, Any] | None:
         checkpoint = load_checkpoint(args.resume)
         merge_resumed_args(args, checkpoint["args"])
     resolve_args(args)
+    if checkpoint is None:
+        # Checked before the data set loads, which can take minutes.
+        check_weights_source(args.model, args.weights, args.download_weights)
     if checkpoint is None and (args.output_dir / "last.pt").exists():
         raise InvalidArgumentsError(
             f"{args.output_dir} already contains a run (last.pt); pass "
@@ -183,7 +150,7 @@ def main(args: argparse.Namespace) -> TrainingResult:
     _seed_everything(args.seed)
     output_dir: Path = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "args.json").write_text(json.dumps(_json_args(args), indent=2) + "\n")
+    (output_dir / "args.json").write_text(json.dumps(json_args(args), indent=2) + "\n")
 
     spec = build_preprocess_spec(
         model=args.model,
@@ -201,48 +168,10 @@ def main(args: argparse.Namespace) -> TrainingResult:
             f"checkpoint has {checkpoint['data_fingerprint']}); resume needs the same data"
         )
 
-    model = build_model(
-        args.model,
-        num_classes=len(splits.classes),
-        in_channels=spec.channels,
-        image_size=spec.height,
-        dropout=args.dropout,
-        weights=args.weights,
-        download_weights=args.download_weights,
-    )
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = build_optimizer(
-        args.optimizer,
-        model.parameters(),
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        momentum=args.momentum,
-    )
-    lr_scheduler, per_batch = build_lr_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch(
-            len(splits.train), args.batch_size, bool(train_loader.drop_last)
-        ),
-        step_size=args.lr_step_size,
-        gamma=args.lr_gamma,
-    )
-    stopping = EarlyStopping(args.monitor, args.patience, args.min_delta)
-    generator = train_loader.generator
-    if generator is None:
-        raise RuntimeError("the training loader has no generator")
-
+    state = build_run_state(args, splits, spec, train_loader, resuming=checkpoint is not None)
     start_epoch = 1
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if lr_scheduler is not None:
-            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        stopping.load_state_dict(checkpoint["early_stopping"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        generator.set_state(checkpoint["rng"]["train_loader"])
-        start_epoch = int(checkpoint["epoch"]) + 1
+        start_epoch = restore_run_state(state, checkpoint)
         logger.info("resuming %s at epoch %d of %d", args.resume, start_epoch, args.epochs)
         if start_epoch > args.epochs:
             logger.warning("the checkpoint already finished %d epochs", args.epochs)
@@ -250,19 +179,19 @@ def main(args: argparse.Namespace) -> TrainingResult:
     last_epoch = start_epoch - 1
     for epoch in range(start_epoch, args.epochs + 1):
         epoch_started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        lr = state.optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(
-            model,
-            criterion,
-            optimizer,
+            state.model,
+            state.criterion,
+            state.optimizer,
             train_loader,
             epoch=epoch,
-            batch_scheduler=lr_scheduler if per_batch else None,
+            batch_scheduler=state.lr_scheduler if state.lr_per_batch else None,
             progress=args.progress,
         )
-        if lr_scheduler is not None and not per_batch:
-            lr_scheduler.step()
-        val = evaluate(model, criterion, val_loader)
+        if state.lr_scheduler is not None and not state.lr_per_batch:
+            state.lr_scheduler.step()
+        val = evaluate(state.model, state.criterion, val_loader)
         metrics = {
             "epoch": epoch,
             "train_loss": train_stats.loss,
@@ -273,22 +202,14 @@ def main(args: argparse.Namespace) -> TrainingResult:
             "seconds": round(time.perf_counter() - epoch_started, 3),
         }
         _append_log_row(output_dir / LOG_FILENAME, metrics)
-        improved = stopping.update(epoch, val.loss if args.monitor == "val_loss" else val.accuracy)
-        state = _checkpoint_state(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            epoch=epoch,
-            args=args,
-            splits=splits,
-            spec=spec,
-            stopping=stopping,
-            generator=generator,
-            metrics=metrics,
+        monitored = val.loss if args.monitor == "val_loss" else val.accuracy
+        improved = state.stopping.update(epoch, monitored)
+        payload = checkpoint_payload(
+            state, epoch=epoch, args=args, splits=splits, spec=spec, metrics=metrics
         )
-        save_checkpoint(output_dir / "last.pt", state)
+        save_checkpoint(output_dir / "last.pt", payload)
         if improved:
-            save_checkpoint(output_dir / "best.pt", state)
+            save_checkpoint(output_dir / "best.pt", payload)
         logger.info(
             "epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f, lr %.2e, %.1f s%s",
             epoch,
@@ -302,17 +223,16 @@ def main(args: argparse.Namespace) -> TrainingResult:
             " (best)" if improved else "",
         )
         last_epoch = epoch
-        if stopping.should_stop:
+        if state.stopping.should_stop:
             logger.info("early stop: %s did not improve for %d epochs", args.monitor, args.patience)
             break
 
-    return _finish(args, model, criterion, test_loader, splits, last_epoch, started)
+    return _finish(args, state, test_loader, splits, last_epoch, started)
 
 
 def _finish(
     args: argparse.Namespace,
-    model: nn.Module,
-    criterion: nn.Module,
+    state: RunState,
     test_loader: Loader,
     splits: DataSplits,
     last_epoch: int,
@@ -325,8 +245,8 @@ def _finish(
         logger.warning("%s has no best.pt; reporting on last.pt", output_dir)
         best = output_dir / "last.pt"
     best_state = load_checkpoint(best)
-    model.load_state_dict(best_state["model"])
-    test = evaluate(model, criterion, test_loader)
+    state.model.load_state_dict(best_state["model"])
+    test = evaluate(state.model, state.criterion, test_loader)
     report = write_report(
         test.logits.numpy(),
         test.targets.numpy(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TEST_FRACTION = 0.15
 DEFAULT_MOMENTUM = 0.9
 DEFAULT_LR_GAMMA = 0.1
+MAX_DEFAULT_WORKERS = 4
 TORCHVISION_DATASETS = ("mnist", "cifar10")
 # A resumed run may change these. Every other option defines the data, the
 # model or the optimizer, so it is taken from the checkpoint.
@@ -80,8 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--workers",
         type=int,
-        default=4,
-        help="data loader processes for splits too large to keep preprocessed in memory",
+        default=None,
+        help="data loader processes for splits too large to keep preprocessed in memory "
+        f"(default: the CPU count, at most {MAX_DEFAULT_WORKERS})",
     )
     data.add_argument(
         "--cache-max-mb",
@@ -152,7 +155,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing"
     )
     optimization.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    optimization.add_argument("--epochs", type=int, default=15, help="total epochs of the run")
+    optimization.add_argument("--epochs", type=int, default=10, help="total epochs of the run")
 
     schedule = parser.add_argument_group("Learning-rate schedule")
     schedule.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default="onecycle")
@@ -235,7 +238,7 @@ def _check_data_args(args: argparse.Namespace) -> None:
         _reject(f"--max-samples must be positive, got {args.max_samples}")
     if args.max_image_pixels < 1:
         _reject(f"--max-image-pixels must be positive, got {args.max_image_pixels}")
-    if args.workers < 0 or args.cache_max_mb < 0:
+    if (args.workers is not None and args.workers < 0) or args.cache_max_mb < 0:
         _reject("--workers and --cache-max-mb must not be negative")
 
 
@@ -284,6 +287,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.data_root = Path("data")
     if args.dataset not in TORCHVISION_DATASETS and args.test_fraction is None:
         args.test_fraction = DEFAULT_TEST_FRACTION
+    if args.workers is None:
+        args.workers = min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
     if args.optimizer == "sgd" and args.momentum is None:
         args.momentum = DEFAULT_MOMENTUM
     if args.lr_scheduler == "step" and args.lr_gamma is None:
