@@ -62,7 +62,8 @@ class DataOptions:
     data_root: Path
     seed: int = 0
     val_fraction: float = 0.15
-    test_fraction: float = 0.15
+    # Ignored by mnist and cifar10, which have an official test set.
+    test_fraction: float | None = 0.15
     max_samples: int | None = None
     download: bool = False
     max_image_pixels: int = 50_000_000
@@ -150,13 +151,14 @@ def split_data(options: DataOptions) -> DataSplits:
                 max_pixels=options.max_image_pixels,
                 draft_size=options.draft_size,
             )
+        test_fraction = options.test_fraction
+        if test_fraction is None:
+            raise TrainingError(f"{options.dataset} needs a test fraction; set --test-fraction")
         everything = np.arange(len(source))
         everything = _stratified_subset(everything, source.targets, options.max_samples, seed)
-        rest, test = _split_off(
-            everything, source.targets[everything], options.test_fraction, seed, "test"
-        )
+        rest, test = _split_off(everything, source.targets[everything], test_fraction, seed, "test")
         # The validation fraction is of the whole data set, not of what remains.
-        val_share = options.val_fraction / (1.0 - options.test_fraction)
+        val_share = options.val_fraction / (1.0 - test_fraction)
         train, val = _split_off(rest, source.targets[rest], val_share, seed, "validation")
         splits = {
             "train": Split(source, train),

@@ -62,7 +62,7 @@ def _mean_or_none(values: list[float | None]) -> float | None:
 def compute_report(logits: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """Compute accuracy, per-class and averaged precision/recall/F1/support and ROC AUC.
 
-    `logits` has shape (N, classes) and `targets` holds class indices (N,).
+    `logits` has shape (N, classes) and `targets` contains class indices (N,).
     Macro averages weight classes equally and weighted averages weight them by
     support. `macro_avg.roc_auc` averages the classes whose AUC is defined.
     """

@@ -72,7 +72,7 @@ def _make_loader(
     train: bool,
     generator: torch.Generator | None = None,
 ) -> Loader:
-    # Batches of in-memory tensors are slices; worker processes would only add start-up time.
+    # Batches of in-memory tensors are slices, so worker processes would only add start-up time.
     workers = 0 if isinstance(dataset, InMemoryDataset) else args.workers
     # BatchNorm raises on a training batch of one sample, so a last batch of
     # exactly one sample is dropped.
@@ -111,8 +111,8 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # CPU kernels are deterministic for a fixed thread count; this makes any
-    # nondeterministic kernel raise instead of silently differing between runs.
+    # Makes any operation without a deterministic implementation raise instead
+    # of silently giving different results between runs.
     torch.use_deterministic_algorithms(True)
 
 
