@@ -40,7 +40,7 @@ DIGITS_RECIPE = (
     "--lr-scheduler", "onecycle",
     "--monitor", "val_loss",
 )  # fmt: skip
-# More than the digits test split holds, so every test image is written.
+# More than the digits test split contains, so every test image is written.
 ALL_SAMPLES = 100_000
 
 
