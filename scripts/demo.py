@@ -1,0 +1,123 @@
+"""Classify real photos and held-out digits through the gateway, as a user would.
+
+Starts the classifier and the gateway as local uvicorn processes on free
+ports, sends each image over HTTP to the gateway, prints the answers and
+stops both services. Exits with status 1 when an answer is not the expected
+one, so the demo doubles as a smoke test.
+
+    python -m scripts.demo --repository models
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from scripts.digit_samples import DigitSample, load_digit_samples
+from scripts.local_stack import Server, running_server
+from scripts.sample_images import SamplePhoto, imagenet_samples
+
+IMAGENET_MODEL = "imagenet-efficientnet-lite0"
+DIGITS_MODEL = "digits-cnn"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("models"),
+        help="model repository folder that holds <name>/<version>/ (default: models)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="where the services write their logs (default: a temporary folder)",
+    )
+    return parser  # fmt: skip
+
+
+@contextmanager
+def local_stack(repository: Path, log_dir: Path) -> Iterator[tuple[Server, Server]]:
+    """Run the classifier and a gateway pointed at it."""
+    classifier_env = {"VS_CLASSIFIER_MODEL_REPOSITORY": str(repository.resolve())}
+    with running_server(
+        "services.classifier.app:create_app", classifier_env, log_dir
+    ) as classifier:
+        gateway_env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url}
+        with running_server("services.gateway.app:create_app", gateway_env, log_dir) as gateway:
+            yield classifier, gateway
+
+
+def classify(client: httpx.Client, image: bytes, model: str, top_k: int) -> dict[str, object]:
+    response = client.post(
+        "/v1/classify",
+        params={"model": model, "top_k": top_k},
+        content=image,
+        headers={"Content-Type": "image/jpeg"},
+    )
+    response.raise_for_status()
+    body: dict[str, object] = response.json()
+    return body
+
+
+def show_photos(client: httpx.Client, photos: list[SamplePhoto]) -> bool:
+    print(f"\nReal photos through the gateway, model {IMAGENET_MODEL}:")
+    all_ok = True
+    for photo in photos:
+        answer = classify(client, photo.jpeg, IMAGENET_MODEL, top_k=3)
+        predictions = answer["predictions"]
+        assert isinstance(predictions, list)  # narrows the JSON type for mypy
+        labels = [prediction["label"] for prediction in predictions]
+        ok = photo.check(labels)
+        all_ok = all_ok and ok
+        ranked = ", ".join(f"{p['label']} {p['probability']:.2f}" for p in predictions)
+        expected = " / ".join(sorted(photo.expected_labels))
+        verdict = "ok" if ok else f"UNEXPECTED (wanted {expected} in top {photo.within_top})"
+        print(f"  {photo.name:<24} {ranked:<60} {verdict}")
+    return all_ok
+
+
+def show_digits(client: httpx.Client, digits: list[DigitSample], reported_accuracy: float) -> bool:
+    print(f"\nHeld-out handwritten digits through the gateway, model {DIGITS_MODEL}:")
+    correct = 0
+    agree = 0
+    for sample in digits:
+        answer = classify(client, sample.png, DIGITS_MODEL, top_k=1)
+        predictions = answer["predictions"]
+        assert isinstance(predictions, list)
+        label = predictions[0]["label"]
+        correct += label == sample.label
+        agree += label == sample.training_prediction
+    accuracy = correct / len(digits)
+    print(f"  {correct}/{len(digits)} correct: accuracy {accuracy:.2%} through the service")
+    print(f"  test accuracy reported by training: {reported_accuracy:.2%} (target >= 97%)")
+    print(f"  top-1 equal to the training-time evaluation on {agree}/{len(digits)} images")
+    return accuracy >= 0.97 and agree == len(digits)
+
+
+def main(args: argparse.Namespace) -> int:
+    photos = imagenet_samples()
+    digits, reported_accuracy = load_digit_samples(args.repository, DIGITS_MODEL)
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="visionserve-demo-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"Starting the classifier and the gateway (logs in {log_dir}) ...")
+    with local_stack(args.repository, log_dir) as (classifier, gateway):
+        print(f"  classifier {classifier.url}, gateway {gateway.url}, API docs {gateway.url}/docs")
+        with httpx.Client(base_url=gateway.url, timeout=60.0) as client:
+            photos_ok = show_photos(client, photos)
+            digits_ok = show_digits(client, digits, reported_accuracy)
+    print("\nBoth services stopped.")
+    return 0 if photos_ok and digits_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
