@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+
+from services.common.metadata import PreprocessSpec
+from services.common.preprocess import to_tensor
 
 # OpenCV's INTER_RESIZE_COEF_BITS: interpolation weights are integers out of 2**11.
 _WEIGHT_BITS = 11
@@ -129,6 +133,24 @@ def letterbox(
     top, left = transform.pad_top, transform.pad_left
     padded[top : top + transform.resized_height, left : left + transform.resized_width] = resized
     return padded, transform
+
+
+def letterbox_tensor(
+    image: Image.Image, spec: PreprocessSpec
+) -> tuple[np.ndarray, LetterboxTransform]:
+    """Letterbox a decoded image into one normalised (C, H, W) float32 model input.
+
+    Raises ValueError unless `spec.resize` is "letterbox" with bilinear
+    interpolation, the only combination that matches ultralytics.
+    """
+    if spec.resize != "letterbox" or spec.interpolation != "bilinear":
+        raise ValueError(
+            f"expected resize 'letterbox' with 'bilinear' interpolation, got "
+            f"{spec.resize!r} with {spec.interpolation!r}"
+        )
+    pixels = np.asarray(image.convert("RGB"))
+    padded, transform = letterbox(pixels, spec.width, spec.height, spec.pad_value)
+    return to_tensor(Image.fromarray(padded), spec), transform
 
 
 def resize_linear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:

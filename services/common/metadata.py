@@ -69,6 +69,20 @@ class PreprocessSpec(BaseModel):
         return self
 
 
+class DetectionSpec(BaseModel):
+    """Post-processing defaults of a detection model, used when a request sets none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conf_threshold: float = Field(
+        default=0.25, ge=0.0, le=1.0, description="Minimum class score a detection needs."
+    )
+    iou_threshold: float = Field(
+        default=0.45, ge=0.0, le=1.0, description="NMS suppresses boxes with a greater IoU."
+    )
+    max_det: int = Field(default=300, ge=1, description="Maximum detections per image.")
+
+
 class ModelMetadata(BaseModel):
     """Contents of `model.json`. Unknown keys are kept so newer exporters stay readable."""
 
@@ -82,6 +96,10 @@ class ModelMetadata(BaseModel):
     input_name: str = "input"
     output_names: list[str] = Field(default_factory=lambda: ["logits"])
     metrics: dict[str, Any] = Field(default_factory=dict)
+    detection: DetectionSpec | None = Field(
+        default=None,
+        description="Detection models only; a detection model without it uses the defaults.",
+    )
     training_data_fingerprint: str | None = None
     exported_at: str | None = None
     exporter: dict[str, str] = Field(default_factory=dict)

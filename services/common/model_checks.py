@@ -69,11 +69,20 @@ def _check_input_shape(shape: Sequence[int | str | None], metadata: ModelMetadat
 
 
 def check_preprocess(metadata: ModelMetadata) -> str | None:
-    """Check that the preprocess spec suits the task: letterboxing is for detectors only."""
-    if metadata.task == "classification" and metadata.preprocess.resize == "letterbox":
+    """Check that the preprocess spec suits the task: detectors letterbox, classifiers do not."""
+    spec = metadata.preprocess
+    if metadata.task == "classification" and spec.resize == "letterbox":
         return (
             "preprocess.resize is 'letterbox', which is for detection models; "
             "use 'stretch' or 'shorter_side_center_crop' for a classifier"
+        )
+    if metadata.task == "detection" and (
+        spec.resize != "letterbox" or spec.interpolation != "bilinear"
+    ):
+        # The detector's letterbox reproduces ultralytics' OpenCV bilinear resize only.
+        return (
+            f"preprocess has resize {spec.resize!r} with {spec.interpolation!r} "
+            "interpolation; detection models need resize 'letterbox' with 'bilinear'"
         )
     return None
 
@@ -81,12 +90,12 @@ def check_preprocess(metadata: ModelMetadata) -> str | None:
 def check_output_shape(shape: tuple[int, ...], metadata: ModelMetadata) -> str | None:
     """Check the shape of the first output of a one-image run.
 
-    A classifier must return (1, number of labels).
+    A classifier must return (1, number of labels). A detector must return
+    the raw YOLOv8/YOLO11/YOLOv5u layout (1, 4 + number of labels, anchors),
+    which is what ultralytics exports with `nms=False`.
     """
-    if metadata.task != "classification":
-        # NOTE: detection outputs differ between exporters; the detector
-        # service is expected to check its own layout.
-        return None
+    if metadata.task == "detection":
+        return _check_detection_output(shape, metadata)
     expected = (1, metadata.num_classes)
     if shape != expected:
         return (
@@ -94,3 +103,22 @@ def check_output_shape(shape: tuple[int, ...], metadata: ModelMetadata) -> str |
             f"expected {expected} because model.json lists {metadata.num_classes} labels"
         )
     return None
+
+
+def _check_detection_output(shape: tuple[int, ...], metadata: ModelMetadata) -> str | None:
+    rows = 4 + metadata.num_classes
+    if len(shape) == 3 and shape[0] == 1 and shape[1] == rows and shape[2] >= 1:
+        return None
+    problem = (
+        f"output {metadata.output_names[0]!r} has shape {shape} for one image, expected "
+        f"(1, {rows}, anchors): 4 box rows plus one score row for each of the "
+        f"{metadata.num_classes} labels in model.json"
+    )
+    if len(shape) == 3 and shape[-1] == 6:
+        # End-to-end exports of NMS-free heads (YOLOv10, YOLO26) return
+        # (1, max_det, 6) rows of x1, y1, x2, y2, score, class instead.
+        problem += (
+            "; this looks like an end-to-end export, so export the raw head output "
+            "again (ultralytics 8.4 does when the nms export argument is not passed)"
+        )
+    return problem
