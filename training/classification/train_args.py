@@ -39,10 +39,20 @@ RESUMABLE_OPTIONS = frozenset(
 )
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append the default only where the help text does not already explain it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if "(default" in help_text or action.default is None:
+            return help_text
+        return super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train an image classifier on digits, MNIST, CIFAR-10 or an image folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     data = parser.add_argument_group("Data set")
     data.add_argument("--dataset", choices=DATASETS, default="digits")
