@@ -1,8 +1,8 @@
 """Classify real photos and held-out digits through the gateway, as a user would.
 
 Starts the classifier and the gateway as local uvicorn processes on free
-ports, sends each image over HTTP to the gateway, prints the answers and
-stops both services. Exits with status 1 when an answer is not the expected
+ports, sends each image over HTTP to the gateway, prints the predictions and
+stops both services. Exits with status 1 when a prediction is not the expected
 one, so the demo doubles as a smoke test.
 
     python -m scripts.demo --repository models
@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--repository",
         type=Path,
         default=Path("models"),
-        help="model repository folder that holds <name>/<version>/ (default: models)",
+        help="model repository folder containing <name>/<version>/ (default: models)",
     )
     parser.add_argument(
         "--log-dir",
@@ -72,8 +72,8 @@ def show_photos(client: httpx.Client, photos: list[SamplePhoto]) -> bool:
     print(f"\nReal photos through the gateway, model {IMAGENET_MODEL}:")
     all_ok = True
     for photo in photos:
-        answer = classify(client, photo.jpeg, IMAGENET_MODEL, top_k=3)
-        predictions = answer["predictions"]
+        result = classify(client, photo.jpeg, IMAGENET_MODEL, top_k=3)
+        predictions = result["predictions"]
         assert isinstance(predictions, list)  # narrows the JSON type for mypy
         labels = [prediction["label"] for prediction in predictions]
         ok = photo.check(labels)
@@ -90,8 +90,8 @@ def show_digits(client: httpx.Client, digits: list[DigitSample], reported_accura
     correct = 0
     agree = 0
     for sample in digits:
-        answer = classify(client, sample.png, DIGITS_MODEL, top_k=1)
-        predictions = answer["predictions"]
+        result = classify(client, sample.png, DIGITS_MODEL, top_k=1)
+        predictions = result["predictions"]
         assert isinstance(predictions, list)
         label = predictions[0]["label"]
         correct += label == sample.label

@@ -1,6 +1,6 @@
-"""Real photos that installed packages ship, with the ImageNet answers we expect.
+"""Real photos that installed packages ship, with the ImageNet labels we expect.
 
-The demo prints these answers and the end-to-end tests assert them. The
+The demo prints the predictions for them and the end-to-end tests assert them. The
 photos come from scikit-image (`skimage.data`) and ultralytics (`assets/`),
 so nothing is downloaded.
 """
@@ -20,7 +20,7 @@ IMAGENET_BUSES = frozenset({"minibus", "school bus", "trolleybus", "passenger ca
 
 @dataclass(frozen=True)
 class SamplePhoto:
-    """A JPEG-encoded photo and the labels that count as a correct answer."""
+    """A JPEG-encoded photo and the labels that count as a correct prediction."""
 
     name: str
     jpeg: bytes
