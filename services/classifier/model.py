@@ -12,22 +12,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-import anyio
-import anyio.to_thread
 import numpy as np
-from prometheus_client import Histogram
 
 from services.classifier.settings import ClassifierSettings
 from services.common.errors import InvalidParameter, ServiceError
-from services.common.imaging import decode_image
-from services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
-from services.common.preprocess import draft_request, preprocess
-from services.common.repository import (
-    LoadedModel,
-    ModelLoadError,
-    ModelRepository,
-    available_threads,
-)
+from services.common.imaging import DecodedImage, decode_image
+from services.common.model_selection import select_model
+from services.common.pipeline import ModelPipeline, check_finite
+from services.common.preprocess import draft_request, preprocess, preprocess_batch
+from services.common.repository import LoadedModel
+from services.common.stages import StageTimer, StageTimings
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +34,6 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class StageTimings:
-    """Milliseconds per stage. `total` also covers the wait for a worker thread."""
-
-    decode: float
-    preprocess: float
-    inference: float
-    postprocess: float
-    total: float
-
-
-@dataclass(frozen=True)
 class Classification:
     """The result for one image. `width` and `height` are the image as the user sees it."""
 
@@ -59,6 +42,26 @@ class Classification:
     predictions: list[Prediction]
     width: int
     height: int
+    timings: StageTimings
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """The result for one image of a batch: predictions and size, or the error that rejected it."""
+
+    predictions: list[Prediction] | None = None
+    width: int = 0
+    height: int = 0
+    error: ServiceError | None = None
+
+
+@dataclass(frozen=True)
+class BatchClassification:
+    """The results of a batch request, in request order, with the timings of the whole batch."""
+
+    model_name: str
+    model_version: int
+    entries: list[BatchEntry]
     timings: StageTimings
 
 
@@ -79,24 +82,8 @@ def top_k_predictions(logits: np.ndarray, labels: list[str], top_k: int) -> list
     ]
 
 
-class Classifier:
+class Classifier(ModelPipeline[ClassifierSettings]):
     """The classification pipeline over the models of a loaded repository."""
-
-    def __init__(
-        self, repository: ModelRepository, settings: ClassifierSettings, metrics: ServiceMetrics
-    ) -> None:
-        self.repository = repository
-        self.settings = settings
-        self.metrics = metrics
-        self.default_model = _default_model(repository, settings)
-        self._limiter = anyio.CapacityLimiter(settings.worker_threads or available_threads())
-        self._stage_latency = Histogram(
-            "visionserve_stage_duration_seconds",
-            "Per-request time in seconds of each classification stage, by model.",
-            ["service", "model", "stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=metrics.registry,
-        )
 
     def select(self, model_name: str | None, top_k: int | None) -> tuple[LoadedModel, int]:
         """Resolve the request's model and top_k, or raise before the body is read.
@@ -105,14 +92,7 @@ class Classifier:
         (422) for a missing model name or a top_k out of range. Without top_k,
         `default_top_k` capped at the allowed range is used.
         """
-        if model_name is None:
-            if self.default_model is None:
-                raise InvalidParameter(
-                    "query parameter 'model' is required because several models are served: "
-                    f"{', '.join(self.repository.names)}"
-                )
-            model_name = self.default_model
-        model = self.repository.get(model_name)
+        model = select_model(self.repository, model_name, self.default_model)
 
         limit = min(self.settings.max_top_k, model.metadata.num_classes)
         if top_k is None:
@@ -131,80 +111,108 @@ class Classifier:
         Raises the errors of `decode_image` for bad image bytes.
         """
         queued_at = time.perf_counter()
-        return await anyio.to_thread.run_sync(
-            self._classify_sync, data, model, top_k, queued_at, limiter=self._limiter
-        )
+        return await self.run_in_worker(self._classify_sync, data, model, top_k, queued_at)
 
     def _classify_sync(
         self, data: bytes, model: LoadedModel, top_k: int, queued_at: float
     ) -> Classification:
         spec = model.metadata.preprocess
-        started = time.perf_counter()
+        timer = StageTimer(queued_at)
+        timer.lap("queue")
         decoded = decode_image(
             data,
             max_pixels=self.settings.max_pixels,
             draft_size=draft_request(spec),
             background=self.settings.alpha_background,
         )
-        decoded_at = time.perf_counter()
+        timer.lap("decode")
         batch = preprocess(decoded.image, spec)[np.newaxis]
-        preprocessed_at = time.perf_counter()
+        timer.lap("preprocess")
         logits = model.run(batch)[0]
-        inferred_at = time.perf_counter()
-        if not np.all(np.isfinite(logits)):
-            logger.error(
-                "model returned NaN or infinite logits",
-                extra={"model": model.name, "version": model.version},
-            )
-            raise ServiceError("the model returned an invalid output; see the service log")
+        timer.lap("inference")
+        check_finite(logits, model)
         predictions = top_k_predictions(logits, model.metadata.labels, top_k)
-        finished = time.perf_counter()
+        timer.lap("postprocess")
 
-        stage_seconds = {
-            "queue": started - queued_at,
-            "decode": decoded_at - started,
-            "preprocess": preprocessed_at - decoded_at,
-            "inference": inferred_at - preprocessed_at,
-            "postprocess": finished - inferred_at,
-        }
-        self._observe(model, stage_seconds)
-        timings = StageTimings(
-            decode=_milliseconds(stage_seconds["decode"]),
-            preprocess=_milliseconds(stage_seconds["preprocess"]),
-            inference=_milliseconds(stage_seconds["inference"]),
-            postprocess=_milliseconds(stage_seconds["postprocess"]),
-            total=_milliseconds(finished - queued_at),
-        )
+        timer.observe(self.metrics, model)
         return Classification(
             model_name=model.name,
             model_version=model.version,
             predictions=predictions,
             width=decoded.width,
             height=decoded.height,
-            timings=timings,
+            timings=timer.timings(),
         )
 
-    def _observe(self, model: LoadedModel, stage_seconds: dict[str, float]) -> None:
-        service = self.metrics.service
-        self.metrics.inference_latency.labels(service, model.name, str(model.version)).observe(
-            stage_seconds["inference"]
-        )
-        for stage, seconds in stage_seconds.items():
-            self._stage_latency.labels(service, model.name, stage).observe(seconds)
+    async def classify_batch(
+        self, images: list[bytes], model: LoadedModel, top_k: int
+    ) -> BatchClassification:
+        """Classify several encoded images with one inference run, in a worker thread.
 
+        An image that cannot be decoded gets its own error entry, and the
+        others are still classified.
+        """
+        queued_at = time.perf_counter()
+        return await self.run_in_worker(self._classify_batch_sync, images, model, top_k, queued_at)
 
-def _default_model(repository: ModelRepository, settings: ClassifierSettings) -> str | None:
-    """Return the configured default model, or the only model, or None when there are several."""
-    if settings.default_model is not None:
-        if settings.default_model not in repository.names:
-            raise ModelLoadError(
-                f"default_model {settings.default_model!r} is not among the served models: "
-                f"{', '.join(repository.names)}"
+    def _classify_batch_sync(
+        self, images: list[bytes], model: LoadedModel, top_k: int, queued_at: float
+    ) -> BatchClassification:
+        spec = model.metadata.preprocess
+        timer = StageTimer(queued_at)
+        timer.lap("queue")
+        decoded: dict[int, DecodedImage] = {}
+        errors: dict[int, ServiceError] = {}
+        for index, data in enumerate(images):
+            try:
+                decoded[index] = decode_image(
+                    data,
+                    max_pixels=self.settings.max_pixels,
+                    draft_size=draft_request(spec),
+                    background=self.settings.alpha_background,
+                )
+            except ServiceError as error:
+                if error.status_code >= 500:
+                    raise
+                logger.info(
+                    "rejected image %d of a batch: %s",
+                    index,
+                    error.message,
+                    extra={"model": model.name, "code": error.code},
+                )
+                errors[index] = error
+        timer.lap("decode")
+        batch = preprocess_batch([item.image for item in decoded.values()], spec)
+        timer.lap("preprocess")
+        logits = self._run_batch(model, batch)
+        timer.lap("inference")
+        check_finite(logits, model)
+        labels = model.metadata.labels
+        predictions = {
+            index: top_k_predictions(row, labels, top_k)
+            for index, row in zip(decoded, logits, strict=True)
+        }
+        timer.lap("postprocess")
+
+        timer.observe(self.metrics, model)
+        entries = [
+            BatchEntry(error=errors[index])
+            if index in errors
+            else BatchEntry(
+                predictions=predictions[index],
+                width=decoded[index].width,
+                height=decoded[index].height,
             )
-        return settings.default_model
-    names = repository.names
-    return names[0] if len(names) == 1 else None
+            for index in range(len(images))
+        ]
+        return BatchClassification(model.name, model.version, entries, timer.timings())
 
-
-def _milliseconds(seconds: float) -> float:
-    return round(seconds * 1000.0, 3)
+    def _run_batch(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+        if not len(batch):
+            return np.zeros((0, model.metadata.num_classes), dtype=np.float32)
+        batch_dim = model.session.get_inputs()[0].shape[0]
+        if batch_dim == 1 and len(batch) > 1:
+            # The graph fixes its batch at 1, so the images run one at a time.
+            rows = [model.run(batch[index : index + 1]) for index in range(len(batch))]
+            return np.concatenate(rows)
+        return model.run(batch)

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 
-from services.classifier.model import Classification
-from services.common.repository import LoadedModel
-from services.common.upload import FILE_FIELD, MULTIPART_CONTENT_TYPE, RAW_CONTENT_TYPES
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: int
+from services.classifier.model import BatchClassification, Classification, Prediction
+from services.common.schemas import ErrorDetail, ImageSize, ModelRef, TimingsPublic
 
 
 class PredictionPublic(BaseModel):
@@ -21,20 +13,9 @@ class PredictionPublic(BaseModel):
     class_id: int = Field(description="Index of the label in the model's label list.")
     probability: float = Field(description="Softmax probability over all of the model's labels.")
 
-
-class ImageSize(BaseModel):
-    width: int = Field(description="Width in pixels after the EXIF orientation.")
-    height: int = Field(description="Height in pixels after the EXIF orientation.")
-
-
-class TimingsPublic(BaseModel):
-    """Milliseconds per stage. `total` adds the wait for a worker thread."""
-
-    decode: float
-    preprocess: float
-    inference: float
-    postprocess: float
-    total: float
+    @classmethod
+    def from_prediction(cls, item: Prediction) -> PredictionPublic:
+        return cls(label=item.label, class_id=item.class_id, probability=item.probability)
 
 
 class ClassificationPublic(BaseModel):
@@ -45,100 +26,47 @@ class ClassificationPublic(BaseModel):
 
     @classmethod
     def from_result(cls, result: Classification) -> ClassificationPublic:
-        timings = result.timings
         return cls(
             model=ModelRef(name=result.model_name, version=result.model_version),
-            predictions=[
-                PredictionPublic(
-                    label=item.label, class_id=item.class_id, probability=item.probability
-                )
-                for item in result.predictions
-            ],
+            predictions=[PredictionPublic.from_prediction(item) for item in result.predictions],
             image=ImageSize(width=result.width, height=result.height),
-            timings_ms=TimingsPublic(
-                decode=timings.decode,
-                preprocess=timings.preprocess,
-                inference=timings.inference,
-                postprocess=timings.postprocess,
-                total=timings.total,
-            ),
+            timings_ms=TimingsPublic.from_timings(result.timings),
         )
 
 
-class ModelPublic(BaseModel):
-    name: str
-    versions: list[int] = Field(description="Versions found in the repository, ascending.")
-    live_version: int = Field(description="The version that serves requests.")
-    task: str
-    input_shape: list[int] = Field(description="Per-image input: [channels, height, width].")
-    num_labels: int
-    metrics: dict[str, Any] = Field(description="Evaluation metrics recorded in model.json.")
+class BatchEntryPublic(BaseModel):
+    """One image of a batch: `predictions` and `image`, or `error` when it was rejected."""
+
+    index: int = Field(description="Position of the image among the request's file fields.")
+    predictions: list[PredictionPublic] | None = Field(description="Most probable first.")
+    image: ImageSize | None
+    error: ErrorDetail | None
+
+
+class BatchClassificationPublic(BaseModel):
+    model: ModelRef
+    results: list[BatchEntryPublic] = Field(description="One entry per image, in request order.")
+    timings_ms: TimingsPublic = Field(description="Timings of the whole batch.")
 
     @classmethod
-    def from_model(cls, model: LoadedModel) -> ModelPublic:
+    def from_result(cls, result: BatchClassification) -> BatchClassificationPublic:
+        results = []
+        for index, entry in enumerate(result.entries):
+            if entry.error is not None or entry.predictions is None:
+                code = entry.error.code if entry.error else "internal_error"
+                message = entry.error.message if entry.error else "the image was not classified"
+                error = ErrorDetail(code=code, message=message)
+                results.append(
+                    BatchEntryPublic(index=index, predictions=None, image=None, error=error)
+                )
+                continue
+            predictions = [PredictionPublic.from_prediction(item) for item in entry.predictions]
+            image = ImageSize(width=entry.width, height=entry.height)
+            results.append(
+                BatchEntryPublic(index=index, predictions=predictions, image=image, error=None)
+            )
         return cls(
-            name=model.name,
-            versions=list(model.available_versions),
-            live_version=model.version,
-            task=model.metadata.task,
-            input_shape=list(model.input_shape),
-            num_labels=model.metadata.num_classes,
-            metrics=model.metadata.metrics,
+            model=ModelRef(name=result.model_name, version=result.model_version),
+            results=results,
+            timings_ms=TimingsPublic.from_timings(result.timings),
         )
-
-
-class ModelsPublic(BaseModel):
-    default_model: str | None = Field(description="Model used when a request names none.")
-    models: list[ModelPublic]
-
-
-class Status(BaseModel):
-    status: str
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable machine-readable code, e.g. corrupt_image.")
-    message: str
-
-
-class ErrorPublic(BaseModel):
-    error: ErrorDetail
-    request_id: str | None
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """Return OpenAPI `responses` entries that document the common error body."""
-    descriptions = {
-        400: "Empty body, malformed form, or truncated or corrupt image.",
-        404: "No model with that name.",
-        413: "Body larger than max_body_bytes or image larger than max_pixels.",
-        415: "Content type or image format not supported.",
-        422: "Invalid query parameter.",
-        503: "Models are loading or failed to load.",
-    }
-    return {
-        status: {"model": ErrorPublic, "description": descriptions[status]} for status in statuses
-    }
-
-
-_BINARY = {"type": "string", "format": "binary"}
-
-IMAGE_REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": (
-            f"The image, as a {MULTIPART_CONTENT_TYPE} form with the file field "
-            f"{FILE_FIELD!r}, or as the raw body. JPEG, PNG, WebP, BMP, TIFF or GIF."
-        ),
-        "content": {
-            MULTIPART_CONTENT_TYPE: {
-                "schema": {
-                    "type": "object",
-                    "required": [FILE_FIELD],
-                    "properties": {FILE_FIELD: _BINARY},
-                }
-            },
-            **{content_type: {"schema": _BINARY} for content_type in RAW_CONTENT_TYPES},
-        },
-    }
-}

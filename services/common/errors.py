@@ -57,6 +57,11 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class NotAcceptable(ServiceError):
+    status_code = 406
+    code = "not_acceptable"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"

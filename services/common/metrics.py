@@ -57,6 +57,15 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        self.stage_latency = Histogram(
+            "visionserve_stage_duration_seconds",
+            "Per-request time in seconds of each stage (queue, decode, preprocess, "
+            "inference, postprocess), by model.",
+            ["service", "model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,10 +3,14 @@ with its own env prefix (`VS_CLASSIFIER_`, `VS_GATEWAY_`, ...)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MEBIBYTE = 1024 * 1024
+ColorChannel = Annotated[int, Field(ge=0, le=255)]
 
 
 class ServiceSettings(BaseSettings):
@@ -19,3 +23,57 @@ class ServiceSettings(BaseSettings):
         default="production",
         description="production refuses settings that are only safe on a developer machine.",
     )
+
+
+class ModelServiceSettings(ServiceSettings):
+    """Options of every service that serves ONNX models from a model repository."""
+
+    model_repository: Path = Field(
+        default=Path("models"),
+        description="Folder laid out as <name>/<version>/{model.onnx, model.json}.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description=(
+            "Model used when a request names none. Unset: the only model when the "
+            "repository holds exactly one, otherwise requests must name a model."
+        ),
+    )
+    pinned_versions: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Model name to the version to serve instead of the newest, as JSON.",
+    )
+    max_body_bytes: int = Field(
+        default=20 * MEBIBYTE, gt=0, description="Largest request body in bytes."
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        gt=0,
+        description="Largest image in pixels (width x height), checked from the header.",
+    )
+    alpha_background: tuple[ColorChannel, ColorChannel, ColorChannel] = Field(
+        default=(255, 255, 255),
+        description="RGB colour that transparent pixels are composited over, as JSON.",
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime threads per inference; 0 uses every CPU the process may run on.",
+    )
+    inter_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime threads across graph branches; 0 uses every available CPU.",
+    )
+    worker_threads: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Requests decoded and run at the same time; others wait. 0 uses one per available CPU."
+        ),
+    )
+
+    @field_validator("default_model", mode="after")
+    @classmethod
+    def _empty_default_model_is_unset(cls, value: str | None) -> str | None:
+        return value or None

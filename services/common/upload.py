@@ -60,7 +60,10 @@ async def read_image_body(request: Request, *, max_body_bytes: int) -> bytes:
     _check_declared_length(request, max_body_bytes)
 
     if content_type == MULTIPART_CONTENT_TYPE:
-        return await _read_multipart_file(request, max_body_bytes)
+        (upload,) = await _read_multipart_files(request, max_body_bytes, max_files=_MAX_FORM_FILES)
+        if not upload:
+            raise EmptyBody(f"the form field {FILE_FIELD!r} is empty; send the image bytes")
+        return upload
     data = bytearray()
     async for chunk in _limited_stream(request, max_body_bytes):
         data += chunk
@@ -100,14 +103,35 @@ async def _limited_stream(request: Request, max_body_bytes: int) -> AsyncGenerat
         raise InvalidRequest("the client disconnected before sending the whole body") from exc
 
 
-async def _read_multipart_file(request: Request, max_body_bytes: int) -> bytes:
+async def read_image_files(request: Request, *, max_body_bytes: int, max_files: int) -> list[bytes]:
+    """Return the bytes of every `file` field of a multipart form, in form order.
+
+    Empty parts are returned as empty bytes, so that the caller can reject
+    them one by one. Raises UnsupportedMediaType for any content type but
+    multipart/form-data, PayloadTooLarge as in `read_image_body`, and
+    InvalidRequest for a malformed form, more than `max_files` files or no
+    `file` field.
+    """
+    content_type = _media_type(request)
+    if content_type != MULTIPART_CONTENT_TYPE:
+        raise UnsupportedMediaType(
+            f"content type {content_type or '(missing)'!r} is not accepted; send a "
+            f"{MULTIPART_CONTENT_TYPE} form with one {FILE_FIELD!r} file field per image"
+        )
+    _check_declared_length(request, max_body_bytes)
+    return await _read_multipart_files(request, max_body_bytes, max_files=max_files)
+
+
+async def _read_multipart_files(
+    request: Request, max_body_bytes: int, *, max_files: int
+) -> list[bytes]:
     # Starlette's request.form() would read the whole body before any limit
     # applies. Feeding the parser the limited stream rejects an oversized body
     # while it arrives.
     parser = MultiPartParser(
         request.headers,
         _limited_stream(request, max_body_bytes),
-        max_files=_MAX_FORM_FILES,
+        max_files=max_files,
         max_fields=_MAX_FORM_FIELDS,
         max_part_size=_MAX_TEXT_FIELD_BYTES,
     )
@@ -116,25 +140,21 @@ async def _read_multipart_file(request: Request, max_body_bytes: int) -> bytes:
     except MultiPartException as exc:
         raise InvalidRequest(
             f"the multipart body is invalid: {exc.message} "
-            f"Send one image as the file field {FILE_FIELD!r}."
+            f"Send at most {max_files} image(s), each as a file field {FILE_FIELD!r}."
         ) from exc
 
     try:
-        upload = form.get(FILE_FIELD)
-        if upload is None:
+        uploads = form.getlist(FILE_FIELD)
+        if not uploads:
             raise InvalidRequest(
                 f"the multipart form has no field named {FILE_FIELD!r}; "
                 f"send the image as the file field {FILE_FIELD!r}"
             )
-        if not isinstance(upload, UploadFile):
+        if not all(isinstance(upload, UploadFile) for upload in uploads):
             raise InvalidRequest(
                 f"the form field {FILE_FIELD!r} is a text field; send the image as a file "
                 "(a part with a filename in its Content-Disposition header)"
             )
-        data = await upload.read()
+        return [await upload.read() for upload in uploads if isinstance(upload, UploadFile)]
     finally:
         await form.close()
-
-    if not data:
-        raise EmptyBody(f"the form field {FILE_FIELD!r} is empty; send the image bytes")
-    return data

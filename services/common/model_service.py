@@ -1,0 +1,57 @@
+"""The objects one model-service process shares between its routes, built once per app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from services.common.metadata import Task
+from services.common.metrics import ServiceMetrics
+from services.common.readiness import Readiness
+from services.common.repository import ModelRepository
+from services.common.settings import ModelServiceSettings
+
+SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
+PipelineT = TypeVar("PipelineT")
+
+PipelineFactory = Callable[[ModelRepository, SettingsT, ServiceMetrics], PipelineT]
+
+
+class ModelService(Generic[SettingsT, PipelineT]):
+    """Settings, metrics, the model repository of one task, and the pipeline once models load."""
+
+    def __init__(
+        self,
+        settings: SettingsT,
+        *,
+        service_name: str,
+        task: Task,
+        build_pipeline: PipelineFactory[SettingsT, PipelineT],
+    ) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics(service_name)
+        self.repository = ModelRepository(
+            settings.model_repository,
+            task=task,
+            pinned_versions=settings.pinned_versions,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+        self.readiness = Readiness()
+        self._build_pipeline = build_pipeline
+        self._pipeline: PipelineT | None = None
+
+    def load_models(self) -> None:
+        """Load and warm up every model, then build the pipeline.
+
+        It blocks for as long as loading takes, so run it in a worker thread.
+        """
+        self.repository.load()
+        self._pipeline = self._build_pipeline(self.repository, self.settings, self.metrics)
+
+    def ready_pipeline(self) -> PipelineT:
+        """Return the pipeline, or raise ServiceUnavailable (503) while it is not ready."""
+        self.readiness.check()
+        if self._pipeline is None:  # READY is set only after load_models succeeded
+            raise RuntimeError("readiness is READY but no pipeline was built")
+        return self._pipeline

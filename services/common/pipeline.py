@@ -1,0 +1,52 @@
+"""Base class of the classifier and detector pipelines: models, default model, worker threads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar, TypeVarTuple
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from services.common.errors import ServiceError
+from services.common.metrics import ServiceMetrics
+from services.common.model_selection import default_model_name
+from services.common.repository import LoadedModel, ModelRepository, available_threads
+from services.common.settings import ModelServiceSettings
+
+logger = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
+Arguments = TypeVarTuple("Arguments")
+SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
+
+
+class ModelPipeline(Generic[SettingsT]):
+    """The models of a loaded repository and the worker threads that run requests on them."""
+
+    def __init__(
+        self, repository: ModelRepository, settings: SettingsT, metrics: ServiceMetrics
+    ) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self.default_model = default_model_name(repository, settings.default_model)
+        self._limiter = anyio.CapacityLimiter(settings.worker_threads or available_threads())
+
+    async def run_in_worker(
+        self, function: Callable[[*Arguments], Result], *args: *Arguments
+    ) -> Result:
+        """Run `function` in a worker thread, waiting while `worker_threads` others run."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+
+def check_finite(output: np.ndarray, model: LoadedModel) -> None:
+    """Raise ServiceError (500) when a model output contains NaN or infinity, and log it."""
+    if not np.all(np.isfinite(output)):
+        logger.error(
+            "model returned NaN or infinite values",
+            extra={"model": model.name, "version": model.version},
+        )
+        raise ServiceError("the model returned an invalid output; see the service log")
