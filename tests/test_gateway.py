@@ -51,6 +51,7 @@ def classifier(repository: Path, log_dir: Path) -> Iterator[Server]:
 def gateway(classifier: Server, log_dir: Path) -> Iterator[Server]:
     env = {
         "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
+        "VS_GATEWAY_DETECTOR_URL": "",
         "VS_GATEWAY_MAX_BODY_BYTES": str(GATEWAY_MAX_BODY_BYTES),
     }
     with running_server(GATEWAY_APP, env, log_dir) as server:
@@ -315,7 +316,7 @@ def test_classifier_restart(repository: Path, tmp_path: Path) -> None:
     )
     classifier.start()
     try:
-        env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url}
+        env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url, "VS_GATEWAY_DETECTOR_URL": ""}
         with running_server(GATEWAY_APP, env, tmp_path) as gateway:
             assert post_raw(gateway, solid_png(RED), "image/png").status_code == 200
             classifier.stop()

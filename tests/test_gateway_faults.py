@@ -43,6 +43,7 @@ def faulty_backend(log_dir: Path) -> Iterator[Server]:
 def gateway(faulty_backend: Server, log_dir: Path) -> Iterator[Server]:
     env = {
         "VS_GATEWAY_CLASSIFIER_URL": faulty_backend.url,
+        "VS_GATEWAY_DETECTOR_URL": "",
         "VS_GATEWAY_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT_SECONDS),
     }
     with running_server(GATEWAY_APP, env, log_dir) as server:
@@ -184,6 +185,7 @@ def test_dropped_connection_returns_502(gateway: Server) -> None:
 def test_full_pool_returns_503(faulty_backend: Server, tmp_path: Path) -> None:
     env = {
         "VS_GATEWAY_CLASSIFIER_URL": faulty_backend.url,
+        "VS_GATEWAY_DETECTOR_URL": "",
         "VS_GATEWAY_MAX_CONNECTIONS": "1",
         "VS_GATEWAY_MAX_KEEPALIVE_CONNECTIONS": "1",
         "VS_GATEWAY_POOL_TIMEOUT_SECONDS": "0.2",

@@ -184,9 +184,12 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         timer.lap("decode")
         batch = preprocess_batch([item.image for item in decoded.values()], spec)
         timer.lap("preprocess")
-        logits = self._run_batch(model, batch)
-        timer.lap("inference")
-        check_finite(logits, model)
+        logits = np.zeros((0, model.metadata.num_classes), dtype=np.float32)
+        if decoded:
+            # Without any decoded image nothing runs, so no inference is timed.
+            logits = self._run_batch(model, batch)
+            timer.lap("inference")
+            check_finite(logits, model)
         labels = model.metadata.labels
         predictions = {
             index: top_k_predictions(row, labels, top_k)
@@ -208,8 +211,6 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         return BatchClassification(model.name, model.version, entries, timer.timings())
 
     def _run_batch(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
-        if not len(batch):
-            return np.zeros((0, model.metadata.num_classes), dtype=np.float32)
         batch_dim = model.session.get_inputs()[0].shape[0]
         if batch_dim == 1 and len(batch) > 1:
             # The graph fixes its batch at 1, so the images run one at a time.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -71,7 +72,7 @@ async def classify(
     ] = None,
 ) -> JSONResponse:
     """Classify one image with the classifier service."""
-    _reject_unknown_query_parameters(request, CLASSIFY_QUERY_PARAMETERS)
+    reject_unknown_query_parameters(request, CLASSIFY_QUERY_PARAMETERS)
     body = await read_limited_body(request, settings.max_body_bytes)
 
     params = {"model": model, "top_k": None if top_k is None else str(top_k)}
@@ -87,8 +88,10 @@ async def classify(
 @router.get("/v1/models", responses=error_responses(502, 503, 504))
 async def list_models(backends: BackendsDep) -> dict[str, Any]:
     """List the models of every backend, grouped by backend name."""
-    classifier = await backends.classifier.get("/v1/models")
-    return {"classifier": classifier.body}
+    results = await asyncio.gather(*(backend.get("/v1/models") for backend in backends.all()))
+    return {
+        backend.name: result.body for backend, result in zip(backends.all(), results, strict=True)
+    }
 
 
 @router.get("/healthz")
@@ -117,7 +120,7 @@ async def metrics(service_metrics: MetricsDep) -> Response:
     return service_metrics.render()
 
 
-def _reject_unknown_query_parameters(request: Request, allowed: frozenset[str]) -> None:
+def reject_unknown_query_parameters(request: Request, allowed: frozenset[str]) -> None:
     unknown = sorted(set(request.query_params) - allowed)
     if unknown:
         # Names are cut short because the message repeats client input.

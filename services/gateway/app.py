@@ -13,6 +13,7 @@ from services.common.logging import configure_logging
 from services.common.metrics import install_http_middleware
 from services.gateway.api import router
 from services.gateway.backend import Backend, Backends
+from services.gateway.detection_api import router as detection_router
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.readiness import ReadinessMonitor
 from services.gateway.settings import GatewaySettings
@@ -33,7 +34,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         backends = _create_backends(settings, metrics)
         app.state.backends = backends
         app.state.readiness = ReadinessMonitor(backends, settings.ready_timeout_seconds)
-        logger.info("gateway started", extra={"classifier_url": settings.classifier_url})
+        logger.info(
+            "gateway started",
+            extra={
+                "classifier_url": settings.classifier_url,
+                "detector_url": settings.detector_url or None,
+            },
+        )
         try:
             yield
         finally:
@@ -51,16 +58,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_http_middleware(app, metrics)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(detection_router)
     return app
 
 
 def _create_backends(settings: GatewaySettings, metrics: GatewayMetrics) -> Backends:
-    classifier = Backend(
-        "classifier",
-        settings.classifier_url,
-        timeout=settings.backend_timeout(),
-        limits=settings.backend_limits(),
-        connect_retries=settings.connect_retries,
-        metrics=metrics,
-    )
-    return Backends(classifier=classifier)
+    def backend(name: str, url: str) -> Backend:
+        return Backend(
+            name,
+            url,
+            timeout=settings.backend_timeout(),
+            limits=settings.backend_limits(),
+            connect_retries=settings.connect_retries,
+            metrics=metrics,
+        )
+
+    detector = backend("detector", settings.detector_url) if settings.detector_url else None
+    return Backends(classifier=backend("classifier", settings.classifier_url), detector=detector)

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from services.common.errors import ServiceError
+from services.common.errors import ServiceError, ServiceUnavailable
 from services.common.logging import REQUEST_ID_HEADER, current_request_id
 from services.gateway.backend_errors import (
     BackendFailure,
@@ -40,6 +40,24 @@ class BackendResponse:
 
     status_code: int
     body: Any
+
+
+@dataclass(frozen=True)
+class RawBackendResponse:
+    """A successful (2xx) backend response whose body is passed on unparsed, such as an image."""
+
+    status_code: int
+    content: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """One file field of a multipart form sent to a backend."""
+
+    filename: str
+    content: bytes
+    content_type: str
 
 
 class Backend:
@@ -78,12 +96,52 @@ class Backend:
         *,
         content: bytes,
         content_type: str | None,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | httpx.QueryParams | None = None,
     ) -> BackendResponse:
         """Send `content` with its content type and return the backend's 2xx response."""
         headers = {"Content-Type": content_type} if content_type else {}
         response = await self._send("POST", path, content=content, headers=headers, params=params)
         return self._parse_success(response)
+
+    async def post_files(
+        self,
+        path: str,
+        *,
+        field: str,
+        files: list[FilePart],
+        params: Mapping[str, str] | None = None,
+    ) -> BackendResponse:
+        """Send `files` as a multipart form, each as the file field `field`."""
+        form = httpx.Request(
+            "POST",
+            self.base_url,
+            files=[(field, (part.filename, part.content, part.content_type)) for part in files],
+        )
+        content = form.read()
+        return await self.post(
+            path, content=content, content_type=form.headers["Content-Type"], params=params
+        )
+
+    async def post_for_content(
+        self,
+        path: str,
+        *,
+        content: bytes,
+        content_type: str | None,
+        params: Mapping[str, str] | httpx.QueryParams | None = None,
+        accept: str | None = None,
+    ) -> RawBackendResponse:
+        """Send `content` and return the backend's 2xx response body as bytes, unparsed."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        if accept:
+            headers["Accept"] = accept
+        response = await self._send("POST", path, content=content, headers=headers, params=params)
+        self._check_success(response)
+        return RawBackendResponse(
+            status_code=response.status_code,
+            content=response.content,
+            content_type=response.headers.get("content-type", "application/octet-stream"),
+        )
 
     async def get(self, path: str) -> BackendResponse:
         """Send a GET and return the backend's 2xx response."""
@@ -109,7 +167,7 @@ class Backend:
         *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | httpx.QueryParams | None = None,
         timeout: float | None = None,
         retries: int | None = None,
     ) -> httpx.Response:
@@ -158,9 +216,12 @@ class Backend:
                 await asyncio.sleep(attempt * CONNECT_RETRY_BACKOFF_SECONDS)
         return await self._client.send(request)
 
-    def _parse_success(self, response: httpx.Response) -> BackendResponse:
+    def _check_success(self, response: httpx.Response) -> None:
         if not 200 <= response.status_code < 300:
             self._raise(error_response_failure(self.name, self.base_url, response))
+
+    def _parse_success(self, response: httpx.Response) -> BackendResponse:
+        self._check_success(response)
         try:
             body = response.json()
         except ValueError as error:
@@ -178,12 +239,25 @@ class Backend:
 
 @dataclass
 class Backends:
-    """Every backend the gateway routes to, one attribute per model service."""
+    """Every backend the gateway routes to, one attribute per model service.
+
+    `detector` is None when the gateway runs without a detector.
+    """
 
     classifier: Backend
+    detector: Backend | None = None
 
     def all(self) -> list[Backend]:
-        return [self.classifier]
+        return [self.classifier] + ([self.detector] if self.detector else [])
+
+    def require_detector(self) -> Backend:
+        """Return the detector backend, or raise ServiceUnavailable (503) when none is set."""
+        if self.detector is None:
+            raise ServiceUnavailable(
+                "this gateway has no detector service; set VS_GATEWAY_DETECTOR_URL to enable "
+                "the detection routes"
+            )
+        return self.detector
 
     async def aclose(self) -> None:
         for backend in self.all():

@@ -34,9 +34,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERROR_DESCRIPTIONS = {
-    400: "Empty body or an image that cannot be decoded (from the classifier).",
-    404: "Unknown model (from the classifier).",
-    413: "Body larger than the gateway's or the classifier's limit.",
+    400: "Empty body or an image that cannot be decoded (from a backend).",
+    404: "Unknown model (from a backend).",
+    406: "The Accept header allows neither image/jpeg nor image/png (from the detector).",
+    413: "Body larger than the gateway's or a backend's limit.",
     415: "Body that is not an image, or an unsupported content type.",
     422: "Invalid or unknown query parameter.",
     502: "Backend failed or returned an invalid response. Details are in the gateway log.",
@@ -52,7 +53,7 @@ IMAGE_UPLOAD_BODY: dict[str, Any] = {
         "description": (
             f"One image, either as the {FILE_FIELD!r} field of a {MULTIPART_CONTENT_TYPE} form "
             "or as the raw body with an image content type. The gateway forwards the body "
-            "unchanged, and the classifier decodes it."
+            "unchanged, and the backend decodes it."
         ),
         "content": {
             MULTIPART_CONTENT_TYPE: {
@@ -71,4 +72,23 @@ CLASSIFY_RESPONSE_DESCRIPTION = (
     "The classifier's response, unchanged: `model` (name, version), `predictions` "
     "(label, class_id, probability; most probable first), `image` (width, height) and "
     "`timings_ms` per stage."
+)
+
+DETECT_RESPONSE_DESCRIPTION = (
+    "The detector's response, unchanged: `model` (name, version), `image` (width, height "
+    "after the EXIF orientation), `detections` (label, class_id, score, box with x1, y1, "
+    "x2, y2 in pixels of that image; highest score first) and `timings_ms` per stage."
+)
+
+RENDER_RESPONSE_DESCRIPTION = (
+    "The image in its original size (after the EXIF orientation) with every detection "
+    "drawn as a box and a label tag."
+)
+
+ANALYZE_RESPONSE_DESCRIPTION = (
+    "`detector_model` and `classifier_model` (name, version; the classifier is null when "
+    "nothing was detected), `image` (width, height), `objects` (the detector's label, "
+    "class_id, score and box, the `crop_box` sent to the classifier, and `classification` "
+    "with the classifier's top label, class_id and probability, or `classification_error`) "
+    "and `timings_ms` (decode, detect, crop, classify, total)."
 )

@@ -25,6 +25,13 @@ class GatewaySettings(ServiceSettings):
             "prefixes every backend route."
         ),
     )
+    detector_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description=(
+            "Base URL of the detector service, like classifier_url. An empty value turns "
+            "the detection routes off: they return 503 and /readyz ignores the detector."
+        ),
+    )
 
     connect_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Maximum time in seconds to open a connection to a backend."
@@ -92,6 +99,28 @@ class GatewaySettings(ServiceSettings):
             "declared Content-Length or the bytes received so far exceed it."
         ),
     )
+
+    max_pixels: int = Field(
+        default=50_000_000,
+        gt=0,
+        description=(
+            "Largest image in pixels (width x height) that /v1/analyze decodes for cropping, "
+            "checked from the header."
+        ),
+    )
+    max_analyze_objects: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "Largest max_det of a /v1/analyze request, and its default. Keep it at or below "
+            "the classifier's max_batch_images, because all crops go in one batch."
+        ),
+    )
+
+    @field_validator("detector_url")
+    @classmethod
+    def _validate_optional_backend_url(cls, value: str) -> str:
+        return cls._validate_backend_url(value) if value else ""
 
     @field_validator("classifier_url")
     @classmethod
