@@ -197,11 +197,11 @@ def test_boxes_cover_red_square(server: Server) -> None:
     assert boxes[:, 3].max() == pytest.approx(80.0)
 
 
-def exif_rotated_jpeg(view: Image.Image, orientation: int = 6) -> bytes:
-    """Store `view` so that a viewer applying EXIF `orientation` 6 shows it upright."""
-    stored = view.transpose(Image.Transpose.ROTATE_90)  # undone by a 90 degree clockwise turn
+def exif_rotated_jpeg(view: Image.Image) -> bytes:
+    """Store `view` turned 90 degrees counter-clockwise, with EXIF orientation 6 to undo it."""
+    stored = view.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
-    exif[0x0112] = orientation
+    exif[0x0112] = 6
     return encode(stored, "JPEG", quality=95, exif=exif)
 
 
