@@ -120,3 +120,10 @@ def jpeg_with_declared_size(width: int, height: int) -> bytes:
             struct.pack_into(">HH", data, start + 5, height, width)
             return bytes(data)
     raise ValueError("no SOF segment in the sample JPEG")
+
+
+def exif_rotated_jpeg(view: Image.Image) -> bytes:
+    """Store `view` turned 90 degrees counter-clockwise, with EXIF orientation 6 to undo it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(view.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)

@@ -26,7 +26,14 @@ from tests.detection_models import (
     calibration_photos,
     random_yolo_onnx,
 )
-from tests.images import RED, encode, png_header_only, truncated_jpeg, truncated_png
+from tests.images import (
+    RED,
+    encode,
+    exif_rotated_jpeg,
+    png_header_only,
+    truncated_jpeg,
+    truncated_png,
+)
 from tests.servers import Server, running_server
 
 pytestmark = pytest.mark.slow
@@ -195,14 +202,6 @@ def test_boxes_cover_red_square(server: Server) -> None:
     assert boxes[:, 2].max() == pytest.approx(100.0)
     assert boxes[:, 1].min() == pytest.approx(20.0)
     assert boxes[:, 3].max() == pytest.approx(80.0)
-
-
-def exif_rotated_jpeg(view: Image.Image) -> bytes:
-    """Store `view` turned 90 degrees counter-clockwise, with EXIF orientation 6 to undo it."""
-    stored = view.transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return encode(stored, "JPEG", quality=95, exif=exif)
 
 
 def test_exif_rotated_boxes_follow_the_view(server: Server) -> None:

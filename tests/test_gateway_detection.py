@@ -19,7 +19,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.detection_models import COLOUR_DETECTOR, build_colour_detector_repository
-from tests.images import BLUE, RED, encode
+from tests.images import BLUE, RED, encode, exif_rotated_jpeg
 from tests.onnx_models import COLOUR_MODEL, build_colour_repository
 from tests.servers import Server, free_port, running_server
 
@@ -224,13 +224,6 @@ def test_analyze_crop_box_has_margin(gateway: Server) -> None:
         assert crop["x2"] >= min(box["x2"] + width / 2, 200) - 1
         assert crop["y1"] <= max(box["y1"] - height / 2, 0) + 1
         assert crop["y2"] >= min(box["y2"] + height / 2, 120) - 1
-
-
-def exif_rotated_jpeg(view: Image.Image) -> bytes:
-    """Store `view` turned 90 degrees counter-clockwise, with EXIF orientation 6 to undo it."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    return encode(view.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
 
 
 def test_analyze_crops_exif_rotated_image(gateway: Server) -> None:
