@@ -51,7 +51,8 @@ def local_stack(repository: Path, log_dir: Path) -> Iterator[tuple[Server, Serve
     with running_server(
         "services.classifier.app:create_app", classifier_env, log_dir
     ) as classifier:
-        gateway_env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url}
+        # An empty detector URL turns the gateway's detection routes off.
+        gateway_env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url, "VS_GATEWAY_DETECTOR_URL": ""}
         with running_server("services.gateway.app:create_app", gateway_env, log_dir) as gateway:
             yield classifier, gateway
 
