@@ -1,0 +1,1 @@
+"""YOLO detector training: the digits-scenes data set, ultralytics training, evaluation, export."""
