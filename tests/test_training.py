@@ -129,6 +129,27 @@ def test_resume_onecycle_keeps_epoch_count(tmp_path: Path) -> None:
         train.main(train_args(run_dir, "--epochs", "2", *resume))
 
 
+def test_resume_restores_data_root_and_epochs(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    write_image_folder(root)
+    run_dir = tmp_path / "run"
+    first_run = (
+        "--dataset", "imagefolder", "--data-root", str(root), "--model", "mlp",
+        "--image-size", "8", "--lr-scheduler", "cosine", "--epochs", "1",
+        "--threads", "1", "--no-progress", "--output-dir", str(run_dir),
+    )  # fmt: skip
+    train.main(train.get_args_parser().parse_args(first_run))
+    resume = ("--resume", str(run_dir / "last.pt"), "--no-progress")
+
+    # Neither --dataset nor --data-root is repeated: both come from the checkpoint.
+    train.main(train.get_args_parser().parse_args([*resume, "--epochs", "2"]))
+    assert [row["epoch"] for row in read_log(run_dir)] == ["1", "2"]
+
+    # Without --epochs the checkpoint's count applies, so the finished run stays finished.
+    train.main(train.get_args_parser().parse_args(list(resume)))
+    assert [row["epoch"] for row in read_log(run_dir)] == ["1", "2"]
+
+
 def test_existing_run_folder_rejected(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     train.main(train_args(run_dir, "--epochs", "1"))

@@ -37,6 +37,9 @@ RESUMABLE_OPTIONS = frozenset(
         "cache_max_mb",
     }
 )
+# Resumable options that the checkpoint's value fills when the command line
+# leaves them at their default, so `--resume last.pt` alone continues the run.
+RESTORED_WHEN_DEFAULT = ("data_root", "epochs")
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,7 +47,8 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help_text = action.help or ""
-        if "(default" in help_text or action.default is None:
+        # A flag's default (True for --no-progress) reads as the opposite of its effect.
+        if "(default" in help_text or action.default is None or action.nargs == 0:
             return help_text
         return super()._get_help_string(action)
 
@@ -320,6 +324,11 @@ def merge_resumed_args(
     """
     defaults = vars(get_args_parser().parse_args([]))
     restored = []
+    for key in RESTORED_WHEN_DEFAULT:
+        stored = checkpoint_args.get(key)
+        if stored is not None and getattr(args, key) == defaults[key]:
+            setattr(args, key, Path(stored) if key == "data_root" else stored)
+            restored.append(key)
     for key, stored in checkpoint_args.items():
         if key in RESUMABLE_OPTIONS or key not in defaults:
             continue
@@ -338,7 +347,8 @@ def merge_resumed_args(
     if args.lr_scheduler == "onecycle" and args.epochs != checkpoint_args["epochs"]:
         _reject(
             f"--epochs {args.epochs} differs from the checkpoint's {checkpoint_args['epochs']}; "
-            f"the onecycle schedule spans the epoch count it started with"
+            f"the onecycle schedule spans the epoch count it started with, so leave --epochs "
+            f"out or pass --epochs {checkpoint_args['epochs']}"
         )
     if restored:
         logger.info("options restored from the checkpoint: %s", ", ".join(sorted(restored)))
