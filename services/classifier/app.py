@@ -15,11 +15,12 @@ from services.classifier.service import create_classifier_service
 from services.classifier.settings import ClassifierSettings
 from services.common.logging import configure_logging
 from services.common.service_app import create_service_app
+from services.common.settings import load_settings
 
 
 def create_app(settings: ClassifierSettings | None = None) -> FastAPI:
     """Build the app. Settings come from `VS_CLASSIFIER_*` variables unless given."""
-    settings = settings or ClassifierSettings()
+    settings = settings or load_settings(ClassifierSettings)
     configure_logging("classifier", settings.log_level)
     service = create_classifier_service(settings)
     return create_service_app(

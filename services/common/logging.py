@@ -32,6 +32,8 @@ def reset_request_id(token: contextvars.Token[str | None]) -> None:
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = _request_id.get()
+        # uvicorn adds a copy of the message with ANSI colour codes for terminals.
+        record.__dict__.pop("color_message", None)
         return True
 
 

@@ -61,8 +61,8 @@ class Readiness:
         """
         try:
             await anyio.to_thread.run_sync(load_models)
-        except Exception:
-            logger.exception("model loading failed; the service stays not ready")
+        except Exception as error:
+            logger.exception("model loading failed: %s; the service stays not ready", error)
             self.state = State.FAILED
             return
         self.state = State.READY

@@ -4,9 +4,9 @@ with its own env prefix (`VS_CLASSIFIER_`, `VS_GATEWAY_`, ...)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
@@ -23,6 +23,30 @@ class ServiceSettings(BaseSettings):
         default="production",
         description="production refuses settings that are only safe on a developer machine.",
     )
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+class InvalidSettingsError(ValueError):
+    """Raised at start-up when an environment variable holds an invalid value."""
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """Read `settings_class` from the environment, naming each invalid variable.
+
+    pydantic's own message names the field (`max_top_k`); operators set the
+    variable (`VS_CLASSIFIER_MAX_TOP_K`), so the error names both.
+    """
+    try:
+        return settings_class()
+    except ValidationError as error:
+        prefix = str(settings_class.model_config.get("env_prefix", ""))
+        problems = []
+        for item in error.errors():
+            field = str(item["loc"][0]) if item["loc"] else "settings"
+            problems.append(f"{prefix}{field.upper()} ({field}): {item['msg']}")
+        raise InvalidSettingsError("invalid settings: " + "; ".join(problems)) from None
 
 
 class ModelServiceSettings(ServiceSettings):

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from services.common.logging import configure_logging
 from services.common.service_app import create_service_app
+from services.common.settings import load_settings
 from services.detector import api
 from services.detector.service import create_detector_service
 from services.detector.settings import DetectorSettings
@@ -19,7 +20,7 @@ from services.detector.settings import DetectorSettings
 
 def create_app(settings: DetectorSettings | None = None) -> FastAPI:
     """Build the app. Settings come from `VS_DETECTOR_*` variables unless given."""
-    settings = settings or DetectorSettings()
+    settings = settings or load_settings(DetectorSettings)
     configure_logging("detector", settings.log_level)
     service = create_detector_service(settings)
     return create_service_app(

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.common.errors import install_error_handlers
 from services.common.logging import configure_logging
 from services.common.metrics import install_http_middleware
+from services.common.settings import load_settings
 from services.gateway.api import router
 from services.gateway.backend import Backend, Backends
 from services.gateway.detection_api import router as detection_router
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """Build the gateway app. Settings come from `VS_GATEWAY_*` variables unless given."""
-    settings = settings or GatewaySettings()
+    settings = settings or load_settings(GatewaySettings)
     configure_logging("gateway", settings.log_level)
     # httpx logs every backend call at INFO, which repeats the access log line.
     logging.getLogger("httpx").setLevel(logging.WARNING)

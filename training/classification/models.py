@@ -123,7 +123,13 @@ def _torchvision_model(
     else:
         # Downloads into torch.hub's cache (TORCH_HOME) on first use.
         enum = models.get_model_weights(name).IMAGENET1K_V1
-        model = models.get_model(name, weights=enum)
+        try:
+            model = models.get_model(name, weights=enum)
+        except OSError as error:  # urllib's URLError is an OSError
+            raise DataNotFoundError(
+                f"downloading torchvision's {name} ImageNet weights failed ({error}); "
+                f"pass --weights FILE with a local {name} state dict instead"
+            ) from error
 
     if num_classes == 1000:
         return model

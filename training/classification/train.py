@@ -148,9 +148,6 @@ def main(args: argparse.Namespace) -> TrainingResult:
     checkpoint = _prepare_run(args)
     set_threads(args.threads)
     _seed_everything(args.seed)
-    output_dir: Path = args.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "args.json").write_text(json.dumps(json_args(args), indent=2) + "\n")
 
     spec = build_preprocess_spec(
         model=args.model,
@@ -169,6 +166,10 @@ def main(args: argparse.Namespace) -> TrainingResult:
         )
 
     state = build_run_state(args, splits, spec, train_loader, resuming=checkpoint is not None)
+    # Created only now, so a run that fails while loading data or weights leaves no folder.
+    output_dir: Path = args.output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "args.json").write_text(json.dumps(json_args(args), indent=2) + "\n")
     start_epoch = 1
     if checkpoint is not None:
         start_epoch = restore_run_state(state, checkpoint)

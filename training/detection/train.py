@@ -126,9 +126,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, default=0, help="seed of ultralytics' training")
     run.add_argument("--device", default="cpu", help="'cpu' or a CUDA device id such as '0'")
-    run.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     run.add_argument(
-        "--cache", choices=("ram", "disk", "none"), default="ram", help="decoded image cache"
+        "--workers",
+        type=int,
+        default=2,
+        help="data loader worker processes on CUDA (on CPU ultralytics 8.4 always uses 0)",
+    )
+    run.add_argument(
+        "--cache",
+        choices=("ram", "disk", "none"),
+        default="none",
+        help="decoded image cache (ultralytics warns that 'ram' can make runs non-deterministic)",
     )
     run.add_argument(
         "--no-val", dest="val", action="store_false", help="validate only after the last epoch"
