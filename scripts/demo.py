@@ -14,11 +14,12 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 
+from scripts.demo_detection import show_detection
 from scripts.digit_samples import DigitSample, load_digit_samples
 from scripts.local_stack import Server, running_server
 from scripts.sample_images import SamplePhoto, imagenet_samples
@@ -36,6 +37,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="model repository folder containing <name>/<version>/ (default: models)",
     )
     parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("runs/demo"),
+        help="where the rendered detection images are written (default: runs/demo)",
+    )
+    parser.add_argument(
+        "--no-detector",
+        dest="detector",
+        action="store_false",
+        help="classification only; skips the detector service",
+    )
+    parser.add_argument(
         "--log-dir",
         type=Path,
         default=None,
@@ -45,16 +58,40 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def local_stack(repository: Path, log_dir: Path) -> Iterator[tuple[Server, Server]]:
-    """Run the classifier and a gateway pointed at it."""
-    classifier_env = {"VS_CLASSIFIER_MODEL_REPOSITORY": str(repository.resolve())}
-    with running_server(
-        "services.classifier.app:create_app", classifier_env, log_dir
-    ) as classifier:
+def local_stack(
+    repository: Path, log_dir: Path, *, with_detector: bool = False
+) -> Iterator[dict[str, Server]]:
+    """Run the classifier, optionally the detector, and a gateway pointed at them."""
+    models = str(repository.resolve())
+    with ExitStack() as stack:
+        servers = {
+            "classifier": stack.enter_context(
+                running_server(
+                    "services.classifier.app:create_app",
+                    {"VS_CLASSIFIER_MODEL_REPOSITORY": models},
+                    log_dir,
+                )
+            )
+        }
         # An empty detector URL turns the gateway's detection routes off.
-        gateway_env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url, "VS_GATEWAY_DETECTOR_URL": ""}
-        with running_server("services.gateway.app:create_app", gateway_env, log_dir) as gateway:
-            yield classifier, gateway
+        detector_url = ""
+        if with_detector:
+            servers["detector"] = stack.enter_context(
+                running_server(
+                    "services.detector.app:create_app",
+                    {"VS_DETECTOR_MODEL_REPOSITORY": models},
+                    log_dir,
+                )
+            )
+            detector_url = servers["detector"].url
+        gateway_env = {
+            "VS_GATEWAY_CLASSIFIER_URL": servers["classifier"].url,
+            "VS_GATEWAY_DETECTOR_URL": detector_url,
+        }
+        servers["gateway"] = stack.enter_context(
+            running_server("services.gateway.app:create_app", gateway_env, log_dir)
+        )
+        yield servers
 
 
 def classify(client: httpx.Client, image: bytes, model: str, top_k: int) -> dict[str, object]:
@@ -110,14 +147,21 @@ def main(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="visionserve-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    print(f"Starting the classifier and the gateway (logs in {log_dir}) ...")
-    with local_stack(args.repository, log_dir) as (classifier, gateway):
-        print(f"  classifier {classifier.url}, gateway {gateway.url}, API docs {gateway.url}/docs")
-        with httpx.Client(base_url=gateway.url, timeout=60.0) as client:
-            photos_ok = show_photos(client, photos)
-            digits_ok = show_digits(client, digits, reported_accuracy)
-    print("\nBoth services stopped.")
-    return 0 if photos_ok and digits_ok else 1
+    print(f"Starting the services (logs in {log_dir}) ...")
+    with local_stack(args.repository, log_dir, with_detector=args.detector) as servers:
+        for name, server in servers.items():
+            print(f"  {name:<10} {server.url}")
+        gateway_url = servers["gateway"].url
+        print(f"  API docs   {gateway_url}/docs")
+        with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
+            results = [show_photos(client, photos)]
+            results.append(show_digits(client, digits, reported_accuracy))
+            if args.detector:
+                results.append(
+                    show_detection(client, args.repository, args.output_dir, DIGITS_MODEL)
+                )
+    print("\nAll services stopped.")
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

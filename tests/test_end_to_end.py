@@ -25,8 +25,8 @@ def gateway(
 ) -> Iterator[httpx.Client]:
     log_dir = tmp_path_factory.mktemp("end-to-end-logs")
     with (
-        local_stack(default_repository, log_dir) as (_, gateway_server),
-        httpx.Client(base_url=gateway_server.url, timeout=60.0) as client,
+        local_stack(default_repository, log_dir) as servers,
+        httpx.Client(base_url=servers["gateway"].url, timeout=60.0) as client,
     ):
         yield client
 

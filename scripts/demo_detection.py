@@ -1,0 +1,94 @@
+"""The detection part of the demo: held-out scenes and an EXIF-rotated portrait.
+
+Each image goes through the gateway's `/v1/detect`. The printed boxes are in
+the pixels the user sees, and a true digit counts as found when a box of the
+same label overlaps it with IoU >= 0.5. `/v1/detect/render` draws the boxes into
+a JPEG, and `/v1/analyze` classifies each detected digit with a classifier.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scripts.detection_samples import SceneSample, count_found, load_scene_samples
+
+DETECTOR_MODEL = "digits-yolov8n"
+SCENES_SHOWN = 3
+# Share of true digits over the shown scenes that the default detector must find.
+MIN_SCENE_RECALL = 0.8
+
+
+def _post_image(
+    client: httpx.Client, route: str, sample: SceneSample, **params: str
+) -> httpx.Response:
+    content_type = mimetypes.guess_type(sample.path.name)[0] or "application/octet-stream"
+    response = client.post(
+        route,
+        params=params,
+        content=sample.path.read_bytes(),
+        headers={"Content-Type": content_type},
+    )
+    response.raise_for_status()
+    return response
+
+
+def _format_box(detection: dict[str, Any]) -> str:
+    box = detection["box"]
+    corners = f"({box['x1']:.0f},{box['y1']:.0f})-({box['x2']:.0f},{box['y2']:.0f})"
+    return f"{detection['label']} {detection['score']:.2f} {corners}"
+
+
+def _detect_and_render(client: httpx.Client, sample: SceneSample, output_dir: Path) -> int:
+    """Print the boxes found in one image, write the rendered JPEG, return digits found."""
+    body = _post_image(client, "/v1/detect", sample, model=DETECTOR_MODEL).json()
+    found = count_found(sample.truth, body["detections"])
+    rendered = _post_image(client, "/v1/detect/render", sample, model=DETECTOR_MODEL, format="jpeg")
+    output_path = output_dir / f"{sample.path.stem}-boxes.jpg"
+    output_path.write_bytes(rendered.content)
+
+    size = f"{body['image']['width']}x{body['image']['height']}"
+    orientation = f", EXIF orientation {sample.exif_orientation}" if sample.exif_orientation else ""
+    print(f"  {sample.path.name} ({size}{orientation}): {found}/{len(sample.truth)} digits found")
+    print(f"    boxes: {'; '.join(_format_box(d) for d in body['detections']) or 'none'}")
+    print(f"    drawn: {output_path}")
+    return found
+
+
+def _analyze(client: httpx.Client, sample: SceneSample, classifier_model: str) -> None:
+    body = _post_image(
+        client, "/v1/analyze", sample, model=DETECTOR_MODEL, classifier_model=classifier_model
+    ).json()
+    print(
+        f"\n  /v1/analyze on {sample.path.name}: detector label vs {classifier_model} on the crop"
+    )
+    for detected in body["objects"]:
+        classification = detected.get("classification") or {}
+        print(
+            f"    {detected['label']} {detected['score']:.2f} -> "
+            f"{classification.get('label', '-')} {classification.get('probability', 0.0):.2f}"
+        )
+
+
+def show_detection(
+    client: httpx.Client, repository: Path, output_dir: Path, classifier_model: str
+) -> bool:
+    """Run the detection demo; return True when the detector finds what it should."""
+    samples = load_scene_samples(repository, DETECTOR_MODEL)
+    scenes = [sample for sample in samples if not sample.exif_orientation][:SCENES_SHOWN]
+    portraits = [sample for sample in samples if sample.exif_orientation == 6]
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"\nHeld-out scenes through the gateway, model {DETECTOR_MODEL}:")
+    scene_found = sum(_detect_and_render(client, sample, output_dir) for sample in scenes)
+    scene_truth = sum(len(sample.truth) for sample in scenes)
+    print("\nPortrait photo stored sideways with EXIF orientation 6 (boxes in the upright view):")
+    portraits_ok = all(
+        _detect_and_render(client, sample, output_dir) == len(sample.truth) for sample in portraits
+    )
+    if scenes:
+        _analyze(client, scenes[0], classifier_model)
+    return bool(portraits) and portraits_ok and scene_found >= MIN_SCENE_RECALL * scene_truth
