@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.demo_detection import show_detection
+from scripts.demo_detection import DETECTOR_MODEL, show_detection
 from scripts.digit_samples import DigitSample, load_digit_samples
 from scripts.local_stack import Server, running_server
 from scripts.sample_images import SamplePhoto, imagenet_samples
@@ -147,8 +147,16 @@ def main(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="visionserve-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
 
+    with_detector = args.detector and (args.repository / DETECTOR_MODEL).is_dir()
+    if args.detector and not with_detector:
+        print(
+            f"No {DETECTOR_MODEL} in {args.repository}, so the detection part is skipped; "
+            f"build it with `python -m training.detection.build_default --repository "
+            f"{args.repository}`."
+        )
+
     print(f"Starting the services (logs in {log_dir}) ...")
-    with local_stack(args.repository, log_dir, with_detector=args.detector) as servers:
+    with local_stack(args.repository, log_dir, with_detector=with_detector) as servers:
         for name, server in servers.items():
             print(f"  {name:<10} {server.url}")
         gateway_url = servers["gateway"].url
@@ -156,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
             results = [show_photos(client, photos)]
             results.append(show_digits(client, digits, reported_accuracy))
-            if args.detector:
+            if with_detector:
                 results.append(
                     show_detection(client, args.repository, args.output_dir, DIGITS_MODEL)
                 )
