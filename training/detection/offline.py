@@ -11,7 +11,9 @@ What ultralytics 8.4 does online, and how each is stopped here:
   plotting (`plot_images` for the train/val batch plots) call `check_font`,
   which sends an HTTP HEAD request for Arial.ttf to the ultralytics assets
   host even with YOLO_OFFLINE=1. We replace it with a lookup of a font that
-  matplotlib ships.
+  matplotlib ships. The tuner runs each iteration as a `yolo train`
+  subprocess, which the replacement does not reach, so `install_local_fonts`
+  puts that font where `check_font` looks first.
 - The AMP check downloads a model, but only on CUDA; training here passes
   amp=False anyway.
 - Weights given by name (`yolov8n.pt`) that do not exist locally are
@@ -22,10 +24,16 @@ What ultralytics 8.4 does online, and how each is stopped here:
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from functools import cache
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
+# The fonts check_font requests: for ASCII class names, and for any others.
+_FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
 _ENVIRONMENT = {"YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
 
 
@@ -56,3 +64,20 @@ def offline_ultralytics() -> None:
     # Each module imported the function by name, so each reference is replaced.
     for module in (ultralytics.utils.checks, ultralytics.data.utils, ultralytics.utils.plotting):
         module.check_font = local_font  # type: ignore[attr-defined]
+
+
+def install_local_fonts() -> None:
+    """Copy DejaVu Sans to ultralytics' config folder under the font names it requests.
+
+    `check_font` returns a file in that folder before it tries a download, in
+    subprocesses too. Existing files are kept.
+    """
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    for name in _FONT_NAMES:
+        target = Path(USER_CONFIG_DIR) / name
+        if not target.exists():
+            shutil.copyfile(local_font(), target)
+            logger.info(
+                "copied %s to %s so that ultralytics does not download it", local_font(), target
+            )
