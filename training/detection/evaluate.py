@@ -100,14 +100,15 @@ class Evaluation:
     images: int
     names: list[str]
     ours: DetectionMetrics
-    reference: ReferenceMetrics | None
-    standard_val: ReferenceMetrics | None
+    single_label_val: ReferenceMetrics | None
+    multi_label_val: ReferenceMetrics | None
 
     @property
     def map50_difference(self) -> float | None:
-        if self.reference is None:
+        """Return |our mAP50 - the single-label validator's|, None when it did not run."""
+        if self.single_label_val is None:
             return None
-        return abs(self.ours.map50 - self.reference.map50)
+        return abs(self.ours.map50 - self.single_label_val.map50)
 
 
 def oriented_size(path: Path) -> tuple[int, int]:
@@ -201,20 +202,20 @@ def evaluate(
 ) -> Evaluation:
     """Score the ONNX model on `split` and, given the weights, run `yolo val` beside it."""
     ours = evaluate_onnx(onnx_path, imgsz, data, split, threads=threads)
-    reference = standard = None
+    single_label = multi_label = None
     if weights is not None:
-        reference = ultralytics_val(weights, data.yaml_path, split, imgsz, single_label=True)
-        standard = ultralytics_val(weights, data.yaml_path, split, imgsz, single_label=False)
+        single_label = ultralytics_val(weights, data.yaml_path, split, imgsz, single_label=True)
+        multi_label = ultralytics_val(weights, data.yaml_path, split, imgsz, single_label=False)
     evaluation = Evaluation(
         split=split,
         images=len(data.images(split)),
         names=data.names,
         ours=ours,
-        reference=reference,
-        standard_val=standard,
+        single_label_val=single_label,
+        multi_label_val=multi_label,
     )
     logger.info("%s split: ours mAP50 %.4f mAP50-95 %.4f", split, ours.map50, ours.map50_95)
-    for label, metrics in (("single-label", reference), ("standard", standard)):
+    for label, metrics in (("single-label", single_label), ("multi-label", multi_label)):
         if metrics is not None:
             logger.info(
                 "%s split: ultralytics val (%s NMS) mAP50 %.4f mAP50-95 %.4f",
@@ -228,13 +229,15 @@ def evaluate(
 
 def check_agreement(evaluation: Evaluation, tolerance: float) -> None:
     """Raise EvaluationMismatchError when the two mAP50 values differ by more than `tolerance`."""
-    difference = evaluation.map50_difference
-    if difference is not None and difference > tolerance:
-        assert evaluation.reference is not None  # implied by the difference
+    reference = evaluation.single_label_val
+    if reference is None:
+        return
+    difference = abs(evaluation.ours.map50 - reference.map50)
+    if difference > tolerance:
         raise EvaluationMismatchError(
             f"mAP50 on the {evaluation.split} split differs by {difference:.4f} (> {tolerance}): "
             f"ours {evaluation.ours.map50:.4f} on the ONNX model, ultralytics val "
-            f"{evaluation.reference.map50:.4f} on {evaluation.reference.weights}. "
+            f"{reference.map50:.4f} on {reference.weights}. "
             f"Check the letterbox, decoding and NMS settings of the ONNX path"
         )
 
@@ -269,8 +272,8 @@ def report_dict(evaluation: Evaluation, tolerance: float) -> dict[str, Any]:
         "evaluator": "training.detection.metrics on model.onnx through the serving code path",
     }
     for key, metrics in (
-        ("ultralytics_val", evaluation.reference),
-        ("ultralytics_val_multi_label", evaluation.standard_val),
+        ("ultralytics_val", evaluation.single_label_val),
+        ("ultralytics_val_multi_label", evaluation.multi_label_val),
     ):
         if metrics is not None:
             report[key] = {
@@ -279,7 +282,7 @@ def report_dict(evaluation: Evaluation, tolerance: float) -> dict[str, Any]:
                 "ap50": {evaluation.names[c]: _rounded(ap) for c, ap in metrics.ap50.items()},
                 "weights": metrics.weights,
             }
-    if evaluation.reference is not None:
+    if evaluation.single_label_val is not None:
         report["ultralytics_val"]["nms"] = "multi_label=False, as the service"
         report["ultralytics_val_multi_label"]["nms"] = "multi_label=True, as `yolo val`"
         report["map50_difference"] = _rounded(evaluation.map50_difference or 0.0)
@@ -346,12 +349,11 @@ def main(args: argparse.Namespace) -> Evaluation:
         threads=args.threads,
     )
     check_agreement(evaluation, args.tolerance)
-    write_report(args.model_dir, evaluation, args.tolerance)
-    assert evaluation.reference is not None  # weights were given
+    report = write_report(args.model_dir, evaluation, args.tolerance)
+    reference = report["ultralytics_val"]
     print(
-        f"{args.split}: mAP50 {evaluation.ours.map50:.4f} (ultralytics val "
-        f"{evaluation.reference.map50:.4f}), mAP50-95 {evaluation.ours.map50_95:.4f} "
-        f"(ultralytics val {evaluation.reference.map50_95:.4f})"
+        f"{args.split}: mAP50 {report['map50']:.4f} (ultralytics val {reference['map50']:.4f}), "
+        f"mAP50-95 {report['map50_95']:.4f} (ultralytics val {reference['map50_95']:.4f})"
     )
     return evaluation
 

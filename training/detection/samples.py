@@ -95,19 +95,29 @@ def write_samples(
                 source=source,
             )
         )
-    index = {
-        "conf_threshold": settings.conf_threshold,
-        "iou_threshold": settings.iou_threshold,
-        "images": entries,
-    }
+    index = {**_empty_index(settings), "images": entries}
     index_path = samples_dir / SAMPLES_INDEX
     index_path.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
     return index_path
 
 
-def add_sample(version_dir: Path, entry: dict[str, Any]) -> None:
-    """Append one entry to samples/index.json (the image file must be in samples/ already)."""
+def add_sample(version_dir: Path, entry: dict[str, Any], settings: NmsSettings) -> None:
+    """Append one entry to samples/index.json, creating the index if it is missing.
+
+    The image file must be in samples/ already.
+    """
     index_path = version_dir / SAMPLES_DIRNAME / SAMPLES_INDEX
-    index = json.loads(index_path.read_text(encoding="utf-8"))
+    if index_path.exists():
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    else:
+        index = _empty_index(settings)
     index["images"].append(entry)
     index_path.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+
+
+def _empty_index(settings: NmsSettings) -> dict[str, Any]:
+    return {
+        "conf_threshold": settings.conf_threshold,
+        "iou_threshold": settings.iou_threshold,
+        "images": [],
+    }
