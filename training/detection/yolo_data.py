@@ -90,11 +90,9 @@ def load_data_yaml(yaml_path: Path) -> DataSet:
     content = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
     if not isinstance(content, dict) or "names" not in content:
         raise TrainingError(f"{yaml_path} is not an ultralytics data.yaml (no 'names' key)")
-    root = Path(content["path"]) if content.get("path") else yaml_path.parent
-    if not root.is_absolute():
-        # ultralytics resolves a relative `path` against its datasets_dir
-        # setting. Relative to the yaml is the only portable reading here.
-        root = (yaml_path.parent / root).resolve()
+    # ultralytics resolves a relative `path` against its datasets_dir setting.
+    # Relative to the yaml is the only portable reading here.
+    root = (yaml_path.parent / (content.get("path") or "")).resolve()
     splits = {}
     for split in SPLITS:
         entry = content.get(split)
