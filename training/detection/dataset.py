@@ -2,6 +2,8 @@
 
     python -m training.detection.dataset --output data/digits-scenes --seed 0
 
+The defaults are the data set of the recipe in docs/detection-recipe.md.
+
 Writes `images/{train,val,test}/`, `labels/{train,val,test}/` (one
 `class cx cy w h` line per digit, normalised), `data.yaml` with names "0".."9"
 and `manifest.json` (options, digit pools, every box with its source digit).
@@ -186,24 +188,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", type=Path, required=True, help="data set folder to create")
     parser.add_argument("--seed", type=int, default=0, help="seed of the digit pools and scenes")
-    parser.add_argument("--train", type=int, default=3000, help="training scenes")
+    parser.add_argument("--train", type=int, default=4000, help="training scenes")
     parser.add_argument("--val", type=int, default=300, help="validation scenes")
     parser.add_argument("--test", type=int, default=500, help="test scenes")
     parser.add_argument(
-        "--image-size", type=int, default=160, help="scene width and height in pixels"
+        "--image-size", type=int, default=128, help="scene width and height in pixels"
     )
-    parser.add_argument("--min-digits", type=int, default=1, help="min digits per scene")
-    parser.add_argument("--max-digits", type=int, default=4, help="max digits per scene")
+    parser.add_argument("--min-digits", type=int, default=2, help="min digits per scene")
+    parser.add_argument("--max-digits", type=int, default=6, help="max digits per scene")
     parser.add_argument(
         "--min-digit-size",
         type=float,
-        default=0.2,
+        default=0.15,
         help="min digit cell height as a fraction of the scene's shorter side",
     )
     parser.add_argument(
         "--max-digit-size",
         type=float,
-        default=0.45,
+        default=0.35,
         help="max digit cell height as a fraction of the scene's shorter side",
     )
     parser.add_argument(

@@ -74,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     optim = parser.add_argument_group("optimizer and schedule")
     optim.add_argument("--epochs", type=int, default=4, help="training epochs")
-    optim.add_argument("--batch", type=int, default=32, help="images per batch")
+    optim.add_argument("--batch", type=int, default=16, help="images per batch")
     optim.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
