@@ -65,6 +65,7 @@ def _analyze(client: httpx.Client, sample: SceneSample, classifier_model: str) -
     print(
         f"\n  /v1/analyze on {sample.path.name}: detector label vs {classifier_model} on the crop"
     )
+    print(f"  ({classifier_model} learned clean 8x8 scans, so it often misreads digits on photos)")
     for detected in body["objects"]:
         classification = detected.get("classification") or {}
         print(
