@@ -1,7 +1,7 @@
 """The detection part of the demo: held-out scenes and an EXIF-rotated portrait.
 
 Each image goes through the gateway's `/v1/detect`. The printed boxes are in
-the pixels the user sees, and a true digit counts as found when a box of the
+the pixels of the displayed image, and a true digit counts as found when a box of the
 same label overlaps it with IoU >= 0.5. `/v1/detect/render` draws the boxes into
 a JPEG, and `/v1/analyze` classifies each detected digit with a classifier.
 """

@@ -1,4 +1,4 @@
-"""The default models answer real photos and held-out digits through the gateway.
+"""The default models classify real photos and held-out digits through the gateway.
 
 Runs the classifier and the gateway as real uvicorn processes on the models
 that `make demo` builds.

@@ -1,4 +1,4 @@
-"""A trained detector answers through the gateway as the training-side evaluation does.
+"""A trained detector returns through the gateway what the training-side evaluation returns.
 
 Builds the tiny variant of the default detector (one epoch, real ultralytics
 training and export) next to the default classifiers, runs the classifier,

@@ -23,7 +23,7 @@ ColorMode = Literal["RGB", "BGR", "L"]
 
 
 class PreprocessSpec(BaseModel):
-    """How a decoded RGB image becomes the model's input tensor."""
+    """Steps that turn a decoded RGB image into the model's input tensor."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

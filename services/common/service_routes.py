@@ -14,7 +14,7 @@ from services.common.schemas import Status, error_responses
 
 
 class ObservableService(Protocol):
-    """What these routes read from `app.state.service`."""
+    """Service fields that these routes read from `app.state.service`."""
 
     @property
     def readiness(self) -> Readiness: ...

@@ -29,7 +29,7 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 
 class InvalidSettingsError(ValueError):
-    """Raised at start-up when an environment variable holds an invalid value."""
+    """Raised at start-up when an environment variable contains an invalid value."""
 
 
 def load_settings(settings_class: type[SettingsT]) -> SettingsT:

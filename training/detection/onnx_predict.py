@@ -39,7 +39,7 @@ class NmsSettings:
     max_det: int = 300
 
 
-# What `yolo val` uses: every candidate above 0.001, IoU 0.7, 300 per image.
+# The thresholds of `yolo val`: every candidate above 0.001, IoU 0.7, 300 per image.
 VAL_NMS = NmsSettings(conf_threshold=0.001, iou_threshold=0.7, max_det=300)
 
 
