@@ -2,8 +2,9 @@
 
 The stages are decode (bytes to RGB), preprocess (RGB to the input tensor as
 `model.json` describes), inference (onnxruntime) and postprocess (softmax and
-top-k). They run in a worker thread, so the event loop keeps serving other
-requests while one image is being classified.
+top-k). Decoding and preprocessing run in a worker thread, so the event loop
+keeps serving other requests; inference runs in the model's batcher, together
+with the other requests that arrive at the same time.
 """
 
 from __future__ import annotations
@@ -106,30 +107,16 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         return model, top_k
 
     async def classify(self, data: bytes, model: LoadedModel, top_k: int) -> Classification:
-        """Classify one encoded image in a worker thread.
+        """Classify one encoded image: decode in a worker thread, then join a batch.
 
-        Raises the errors of `decode_image` for bad image bytes.
+        Raises the errors of `decode_image` for bad image bytes, and QueueFull
+        (503) when too many requests wait for the model.
         """
-        queued_at = time.perf_counter()
-        return await self.run_in_worker(self._classify_sync, data, model, top_k, queued_at)
-
-    def _classify_sync(
-        self, data: bytes, model: LoadedModel, top_k: int, queued_at: float
-    ) -> Classification:
-        spec = model.metadata.preprocess
-        timer = StageTimer(queued_at)
-        timer.lap("queue")
-        decoded = decode_image(
-            data,
-            max_pixels=self.settings.max_pixels,
-            draft_size=draft_request(spec),
-            background=self.settings.alpha_background,
-        )
-        timer.lap("decode")
-        batch = preprocess(decoded.image, spec)[np.newaxis]
-        timer.lap("preprocess")
-        logits = model.run(batch)[0]
-        timer.lap("inference")
+        timer = StageTimer(time.perf_counter())
+        decoded, tensor = await self.run_in_worker(self._prepare, data, model, timer)
+        run = await self.batchers.submit(model, tensor[np.newaxis])
+        timer.record_batch(run.inference_seconds)
+        logits = run.output[0]
         check_finite(logits, model)
         predictions = top_k_predictions(logits, model.metadata.labels, top_k)
         timer.lap("postprocess")
@@ -144,51 +131,40 @@ class Classifier(ModelPipeline[ClassifierSettings]):
             timings=timer.timings(),
         )
 
+    def _prepare(
+        self, data: bytes, model: LoadedModel, timer: StageTimer
+    ) -> tuple[DecodedImage, np.ndarray]:
+        timer.lap("queue")
+        spec = model.metadata.preprocess
+        decoded = decode_image(
+            data,
+            max_pixels=self.settings.max_pixels,
+            draft_size=draft_request(spec),
+            background=self.settings.alpha_background,
+        )
+        timer.lap("decode")
+        tensor = preprocess(decoded.image, spec)
+        timer.lap("preprocess")
+        return decoded, tensor
+
     async def classify_batch(
         self, images: list[bytes], model: LoadedModel, top_k: int
     ) -> BatchClassification:
-        """Classify several encoded images with one inference run, in a worker thread.
+        """Classify several encoded images, which run together in one batch.
 
         An image that cannot be decoded gets its own error entry, and the
         others are still classified.
         """
-        queued_at = time.perf_counter()
-        return await self.run_in_worker(self._classify_batch_sync, images, model, top_k, queued_at)
-
-    def _classify_batch_sync(
-        self, images: list[bytes], model: LoadedModel, top_k: int, queued_at: float
-    ) -> BatchClassification:
-        spec = model.metadata.preprocess
-        timer = StageTimer(queued_at)
-        timer.lap("queue")
-        decoded: dict[int, DecodedImage] = {}
-        errors: dict[int, ServiceError] = {}
-        for index, data in enumerate(images):
-            try:
-                decoded[index] = decode_image(
-                    data,
-                    max_pixels=self.settings.max_pixels,
-                    draft_size=draft_request(spec),
-                    background=self.settings.alpha_background,
-                )
-            except ServiceError as error:
-                if error.status_code >= 500:
-                    raise
-                logger.info(
-                    "rejected image %d of a batch: %s",
-                    index,
-                    error.message,
-                    extra={"model": model.name, "code": error.code},
-                )
-                errors[index] = error
-        timer.lap("decode")
-        batch = preprocess_batch([item.image for item in decoded.values()], spec)
-        timer.lap("preprocess")
+        timer = StageTimer(time.perf_counter())
+        decoded, errors, tensors = await self.run_in_worker(
+            self._prepare_batch, images, model, timer
+        )
         logits = np.zeros((0, model.metadata.num_classes), dtype=np.float32)
         if decoded:
             # Without any decoded image nothing runs, so no inference is timed.
-            logits = self._run_batch(model, batch)
-            timer.lap("inference")
+            run = await self.batchers.submit(model, tensors)
+            timer.record_batch(run.inference_seconds)
+            logits = run.output
             check_finite(logits, model)
         labels = model.metadata.labels
         predictions = {
@@ -210,10 +186,32 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         ]
         return BatchClassification(model.name, model.version, entries, timer.timings())
 
-    def _run_batch(self, model: LoadedModel, batch: np.ndarray) -> np.ndarray:
-        batch_dim = model.session.get_inputs()[0].shape[0]
-        if batch_dim == 1 and len(batch) > 1:
-            # The graph fixes its batch at 1, so the images run one at a time.
-            rows = [model.run(batch[index : index + 1]) for index in range(len(batch))]
-            return np.concatenate(rows)
-        return model.run(batch)
+    def _prepare_batch(
+        self, images: list[bytes], model: LoadedModel, timer: StageTimer
+    ) -> tuple[dict[int, DecodedImage], dict[int, ServiceError], np.ndarray]:
+        timer.lap("queue")
+        spec = model.metadata.preprocess
+        decoded: dict[int, DecodedImage] = {}
+        errors: dict[int, ServiceError] = {}
+        for index, data in enumerate(images):
+            try:
+                decoded[index] = decode_image(
+                    data,
+                    max_pixels=self.settings.max_pixels,
+                    draft_size=draft_request(spec),
+                    background=self.settings.alpha_background,
+                )
+            except ServiceError as error:
+                if error.status_code >= 500:
+                    raise
+                logger.info(
+                    "rejected image %d of a batch: %s",
+                    index,
+                    error.message,
+                    extra={"model": model.name, "code": error.code},
+                )
+                errors[index] = error
+        timer.lap("decode")
+        tensors = preprocess_batch([item.image for item in decoded.values()], spec)
+        timer.lap("preprocess")
+        return decoded, errors, tensors

@@ -16,6 +16,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Seconds. Spans a 2 ms cache hit up to a 30 s upstream timeout.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -63,6 +65,38 @@ class ServiceMetrics:
             "inference, postprocess), by model.",
             ["service", "model", "stage"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.batch_size = Histogram(
+            "visionserve_batch_size",
+            "Images per inference run, by model.",
+            ["service", "model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "visionserve_queue_depth",
+            "Requests waiting for a batch, by model.",
+            ["service", "model"],
+            registry=self.registry,
+        )
+        self.queue_rejections = Counter(
+            "visionserve_queue_rejected_total",
+            "Requests turned away with 503 because the model's queue was full.",
+            ["service", "model"],
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "visionserve_model_info",
+            "1 for the live version of each model, 0 for a version no longer live.",
+            ["service", "model", "version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "visionserve_model_reloads_total",
+            "Model reloads by result: success or failure.",
+            ["service", "model", "result"],
             registry=self.registry,
         )
 

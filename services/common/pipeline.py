@@ -1,4 +1,4 @@
-"""Base class of the classifier and detector pipelines: models, default model, worker threads."""
+"""Base class of the classifier and detector pipelines: models, worker threads, batchers."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from services.common.batching import BatcherPool
 from services.common.errors import ServiceError
 from services.common.metrics import ServiceMetrics
 from services.common.model_selection import default_model_name
@@ -24,7 +25,8 @@ SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
 
 
 class ModelPipeline(Generic[SettingsT]):
-    """The models of a loaded repository and the worker threads that run requests on them."""
+    """The models of a loaded repository, the worker threads that decode and preprocess
+    requests, and the batchers that run them through the models."""
 
     def __init__(
         self, repository: ModelRepository, settings: SettingsT, metrics: ServiceMetrics
@@ -34,6 +36,7 @@ class ModelPipeline(Generic[SettingsT]):
         self.metrics = metrics
         self.default_model = default_model_name(repository, settings.default_model)
         self._limiter = anyio.CapacityLimiter(settings.worker_threads or available_threads())
+        self.batchers = BatcherPool(settings, metrics)
 
     async def run_in_worker(
         self, function: Callable[[*Arguments], Result], *args: *Arguments

@@ -62,6 +62,12 @@ class LoadedModel:
         spec = self.metadata.preprocess
         return spec.channels, spec.height, spec.width
 
+    @property
+    def fixed_batch_size(self) -> int | None:
+        """The batch size the graph requires, or None when its batch axis is dynamic."""
+        size = self.session.get_inputs()[0].shape[0]
+        return size if isinstance(size, int) else None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run the session on a float32 (N, C, H, W) batch and return the first output."""
         output_name = self.metadata.output_names[0]

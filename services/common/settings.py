@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
+MIN_ADMIN_TOKEN_LENGTH = 16
 ColorChannel = Annotated[int, Field(ge=0, le=255)]
 
 
@@ -47,6 +48,17 @@ def load_settings(settings_class: type[SettingsT]) -> SettingsT:
             field = str(item["loc"][0]) if item["loc"] else "settings"
             problems.append(f"{prefix}{field.upper()} ({field}): {item['msg']}")
         raise InvalidSettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+class BatchingOverride(BaseModel):
+    """Batching options of one model; unset fields take the service-wide value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = None
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
+    max_queue_delay_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
+    max_queue_size: Annotated[int, Field(ge=1)] | None = None
 
 
 class ModelServiceSettings(ServiceSettings):
@@ -97,7 +109,54 @@ class ModelServiceSettings(ServiceSettings):
         ),
     )
 
+    batching_enabled: bool = Field(
+        default=True,
+        description="Run requests to the same model that arrive close together as one batch.",
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, le=1024, description="Most images in one batched inference run."
+    )
+    max_queue_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="Longest wait, in milliseconds, for more requests to fill a batch.",
+    )
+    max_queue_size: int = Field(
+        default=64,
+        ge=1,
+        description="Requests that may wait for a batch per model; more get 503.",
+    )
+    model_batching: dict[str, BatchingOverride] = Field(
+        default_factory=dict,
+        description=(
+            "Per-model batching options as JSON, e.g. "
+            '{"digits-cnn": {"enabled": false}, "resnet50": {"max_batch_size": 16}}.'
+        ),
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for POST /v1/models/{name}/reload. Unset: reload is disabled.",
+    )
+    reload_poll_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="Seconds between scans for new version folders; 0 turns polling off.",
+    )
+
     @field_validator("default_model", mode="after")
     @classmethod
     def _empty_default_model_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("admin_token", mode="after")
+    @classmethod
+    def _admin_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
+        return value

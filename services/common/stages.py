@@ -1,5 +1,8 @@
 """Per-stage timing of one inference request: queue, decode, preprocess, inference, postprocess.
 
+`queue` adds the wait for a worker thread to the wait for a batch; `inference`
+is the run of the whole batch the request was part of.
+
 Each service records the stages with a `StageTimer`, returns the milliseconds
 in its response and observes the seconds in Prometheus histograms.
 """
@@ -38,6 +41,14 @@ class StageTimer:
         self.seconds[stage] = now - self._last
         self._last = now
 
+    def record_batch(self, inference_seconds: float) -> None:
+        """Split the time since the previous lap into the wait for a batch and its inference."""
+        now = time.perf_counter()
+        waited = max(now - self._last - inference_seconds, 0.0)
+        self.seconds["queue"] = self.seconds.get("queue", 0.0) + waited
+        self.seconds["inference"] = inference_seconds
+        self._last = now
+
     def timings(self) -> StageTimings:
         return StageTimings(
             decode=milliseconds(self.seconds.get("decode", 0.0)),
@@ -48,14 +59,12 @@ class StageTimer:
         )
 
     def observe(self, metrics: ServiceMetrics, model: LoadedModel) -> None:
-        """Add the recorded stages to the service's inference and stage histograms."""
-        service = metrics.service
-        if "inference" in self.seconds:
-            metrics.inference_latency.labels(service, model.name, str(model.version)).observe(
-                self.seconds["inference"]
-            )
+        """Add the recorded stages to the service's stage histogram.
+
+        The batcher observes the inference histogram, once per batch rather than per request.
+        """
         for stage, seconds in self.seconds.items():
-            metrics.stage_latency.labels(service, model.name, stage).observe(seconds)
+            metrics.stage_latency.labels(metrics.service, model.name, stage).observe(seconds)
 
 
 def milliseconds(seconds: float) -> float:

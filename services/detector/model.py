@@ -3,8 +3,9 @@
 The stages are decode (bytes to RGB, EXIF orientation applied), preprocess
 (letterbox to the model input as `model.json` describes), inference
 (onnxruntime) and postprocess (decoding, NMS and mapping the boxes back to
-the original image). They run in a worker thread, so the event loop keeps
-serving other requests while one image is being processed.
+the original image). Decoding, preprocessing and postprocessing run in worker
+threads, so the event loop keeps serving other requests; inference runs in the
+model's batcher, together with the other requests that arrive at the same time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from services.common.imaging import decode_image
-from services.common.letterbox import letterbox_tensor
+from services.common.imaging import DecodedImage, decode_image
+from services.common.letterbox import LetterboxTransform, letterbox_tensor
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
 from services.common.repository import LoadedModel
@@ -69,12 +70,12 @@ class Detector(ModelPipeline[DetectorSettings]):
     async def detect(
         self, data: bytes, model: LoadedModel, parameters: DetectionParameters
     ) -> DetectionResult:
-        """Detect objects in one encoded image in a worker thread.
+        """Detect objects in one encoded image.
 
-        Raises the errors of `decode_image` for bad image bytes.
+        Raises the errors of `decode_image` for bad image bytes, and QueueFull
+        (503) when too many requests wait for the model.
         """
-        queued_at = time.perf_counter()
-        result, _ = await self.run_in_worker(self._detect_sync, data, model, parameters, queued_at)
+        result, _ = await self._detect(data, model, parameters)
         return result
 
     async def render(
@@ -84,63 +85,29 @@ class Detector(ModelPipeline[DetectorSettings]):
         parameters: DetectionParameters,
         image_format: ImageFormat,
     ) -> RenderedImage:
-        """Detect objects and return the image with the boxes drawn, in the original size."""
-        queued_at = time.perf_counter()
-        return await self.run_in_worker(
-            self._render_sync, data, model, parameters, image_format, queued_at
-        )
+        """Detect objects and return the image, in its original size, with the boxes drawn."""
+        result, image = await self._detect(data, model, parameters)
+        return await self.run_in_worker(self._draw, result, image, image_format)
 
-    def _render_sync(
-        self,
-        data: bytes,
-        model: LoadedModel,
-        parameters: DetectionParameters,
-        image_format: ImageFormat,
-        queued_at: float,
+    def _draw(
+        self, result: DetectionResult, image: Image.Image, image_format: ImageFormat
     ) -> RenderedImage:
-        result, image = self._detect_sync(data, model, parameters, queued_at)
         drawn = draw_detections(image, result.detections)
         content = encode_image(drawn, image_format, self.settings.render_jpeg_quality)
         return RenderedImage(content=content, image_format=image_format)
 
-    def _detect_sync(
-        self, data: bytes, model: LoadedModel, parameters: DetectionParameters, queued_at: float
+    async def _detect(
+        self, data: bytes, model: LoadedModel, parameters: DetectionParameters
     ) -> tuple[DetectionResult, Image.Image]:
-        timer = StageTimer(queued_at)
-        timer.lap("queue")
-        # Decoded at full size, without JPEG draft scaling, because ultralytics
-        # letterboxes the full-size image and the boxes must match its output.
-        decoded = decode_image(
-            data, max_pixels=self.settings.max_pixels, background=self.settings.alpha_background
-        )
-        timer.lap("decode")
-        tensor, transform = letterbox_tensor(decoded.image, model.metadata.preprocess)
-        timer.lap("preprocess")
-        output = model.run(tensor[np.newaxis])[0]
-        timer.lap("inference")
+        timer = StageTimer(time.perf_counter())
+        decoded, tensor, transform = await self.run_in_worker(self._prepare, data, model, timer)
+        run = await self.batchers.submit(model, tensor[np.newaxis])
+        timer.record_batch(run.inference_seconds)
+        output = run.output[0]
         check_finite(output, model)
-        found = postprocess(
-            output,
-            conf_threshold=parameters.conf_threshold,
-            iou_threshold=parameters.iou_threshold,
-            max_det=parameters.max_det,
-            classes=parameters.classes,
-            agnostic=parameters.agnostic,
+        detections = await self.run_in_worker(
+            self._postprocess, output, model, parameters, transform
         )
-        boxes = transform.to_original(found.boxes)
-        labels = model.metadata.labels
-        detections = [
-            Detection(
-                label=labels[class_id],
-                class_id=int(class_id),
-                score=float(score),
-                x1=float(box[0]),
-                y1=float(box[1]),
-                x2=float(box[2]),
-                y2=float(box[3]),
-            )
-            for box, score, class_id in zip(boxes, found.scores, found.class_ids, strict=True)
-        ]
         timer.lap("postprocess")
 
         timer.observe(self.metrics, model)
@@ -153,3 +120,47 @@ class Detector(ModelPipeline[DetectorSettings]):
             timings=timer.timings(),
         )
         return result, decoded.image
+
+    def _prepare(
+        self, data: bytes, model: LoadedModel, timer: StageTimer
+    ) -> tuple[DecodedImage, np.ndarray, LetterboxTransform]:
+        timer.lap("queue")
+        # Decoded at full size, without JPEG draft scaling, because ultralytics
+        # letterboxes the full-size image and the boxes must match its output.
+        decoded = decode_image(
+            data, max_pixels=self.settings.max_pixels, background=self.settings.alpha_background
+        )
+        timer.lap("decode")
+        tensor, transform = letterbox_tensor(decoded.image, model.metadata.preprocess)
+        timer.lap("preprocess")
+        return decoded, tensor, transform
+
+    @staticmethod
+    def _postprocess(
+        output: np.ndarray,
+        model: LoadedModel,
+        parameters: DetectionParameters,
+        transform: LetterboxTransform,
+    ) -> list[Detection]:
+        found = postprocess(
+            output,
+            conf_threshold=parameters.conf_threshold,
+            iou_threshold=parameters.iou_threshold,
+            max_det=parameters.max_det,
+            classes=parameters.classes,
+            agnostic=parameters.agnostic,
+        )
+        boxes = transform.to_original(found.boxes)
+        labels = model.metadata.labels
+        return [
+            Detection(
+                label=labels[class_id],
+                class_id=int(class_id),
+                score=float(score),
+                x1=float(box[0]),
+                y1=float(box[1]),
+                x2=float(box[2]),
+                y2=float(box[3]),
+            )
+            for box, score, class_id in zip(boxes, found.scores, found.class_ids, strict=True)
+        ]
