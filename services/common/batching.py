@@ -178,16 +178,17 @@ class MicroBatcher:
         return batch
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([p.inputs for p in batch])
+        rows = sum(len(pending.inputs) for pending in batch)
         started = time.perf_counter()
         try:
+            inputs = np.concatenate([pending.inputs for pending in batch])
             output = await anyio.to_thread.run_sync(
                 run_rows, self.model, inputs, limiter=self._inference_limiter
             )
         except Exception as exc:
             logger.exception(
                 "inference failed for a batch of %d rows",
-                len(inputs),
+                rows,
                 extra={"model": self.model.name, "version": self.model.version},
             )
             error = exc if isinstance(exc, ServiceError) else ServiceError("inference failed")
@@ -196,19 +197,19 @@ class MicroBatcher:
                     pending.future.set_exception(error)
             return
         seconds = time.perf_counter() - started
-        self._observe(len(inputs), seconds)
+        self._observe(rows, seconds)
         offset = 0
         for pending in batch:
-            rows = len(pending.inputs)
+            count = len(pending.inputs)
             if not pending.future.done():
                 run = BatchRun(
-                    output=output[offset : offset + rows],
+                    output=output[offset : offset + count],
                     queue_seconds=started - pending.enqueued_at,
                     inference_seconds=seconds,
-                    batch_size=len(inputs),
+                    batch_size=rows,
                 )
                 pending.future.set_result(run)
-            offset += rows
+            offset += count
 
     def _fail_waiting(self, error: ServiceError) -> None:
         while self._queue:

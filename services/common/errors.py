@@ -47,6 +47,16 @@ class CorruptImage(ServiceError):
     code = "corrupt_image"
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+    code = "forbidden"
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"
@@ -70,6 +80,13 @@ class UnsupportedMediaType(ServiceError):
 class InvalidParameter(ServiceError):
     status_code = 422
     code = "invalid_parameter"
+
+
+class ModelRejected(ServiceError):
+    """A new model version failed its checks; the version that was live keeps serving."""
+
+    status_code = 422
+    code = "model_rejected"
 
 
 class ServiceUnavailable(ServiceError):

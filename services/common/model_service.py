@@ -8,6 +8,7 @@ from typing import Generic, TypeVar
 from services.common.metadata import Task
 from services.common.metrics import ServiceMetrics
 from services.common.readiness import Readiness
+from services.common.reloading import ModelReloader
 from services.common.repository import ModelRepository
 from services.common.settings import ModelServiceSettings
 
@@ -38,6 +39,7 @@ class ModelService(Generic[SettingsT, PipelineT]):
             inter_op_threads=settings.inter_op_threads,
         )
         self.readiness = Readiness()
+        self.reloader = ModelReloader(self.repository, self.metrics)
         self._build_pipeline = build_pipeline
         self._pipeline: PipelineT | None = None
 
@@ -48,6 +50,12 @@ class ModelService(Generic[SettingsT, PipelineT]):
         """
         self.repository.load()
         self._pipeline = self._build_pipeline(self.repository, self.settings, self.metrics)
+        self.reloader.record_live_models()
+
+    async def watch_versions(self) -> None:
+        """Poll for new version folders every `reload_poll_seconds`; return at once when it is 0."""
+        if self.settings.reload_poll_seconds > 0:
+            await self.reloader.poll(self.settings.reload_poll_seconds, self.readiness)
 
     def ready_pipeline(self) -> PipelineT:
         """Return the pipeline, or raise ServiceUnavailable (503) while it is not ready."""

@@ -5,38 +5,50 @@ is a positive integer folder name (`1`, `2`, ..., no leading zeros). Each
 model is served at its newest version unless a version is pinned. Every
 problem found while loading raises `ModelLoadError` naming the folder, so a
 bad repository stops the service before it reports ready.
+
+`reload` brings in a new version while the service runs: it is loaded,
+checked and warmed up first, then swapped in with one assignment, so a
+request that already holds the old `LoadedModel` finishes on it, and a
+version that fails any check never serves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import ValidationError
 
 from services.common.errors import ModelNotFound
-from services.common.metadata import (
-    METADATA_FILENAME,
-    MODEL_FILENAME,
-    ModelMetadata,
-    Task,
-    read_metadata,
-)
+from services.common.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata, Task
 from services.common.model_checks import check_output_shape, check_preprocess, check_signature
+from services.common.version_folders import (
+    ModelLoadError,
+    folder_signature,
+    read_checked_metadata,
+    scan_versions,
+)
 
 logger = logging.getLogger(__name__)
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
-class ModelLoadError(Exception):
-    """A model in the repository cannot be served. Raised while the service starts."""
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What a reload did. `changed` is false when the version that should serve already did."""
+
+    name: str
+    previous_version: int | None
+    version: int
+    changed: bool
 
 
 @dataclass(frozen=True)
@@ -93,38 +105,6 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0) -> ort
     return options
 
 
-def scan_versions(root: Path) -> dict[str, list[int]]:
-    """Return the version numbers found under each model folder of `root`, ascending.
-
-    Hidden entries are skipped. Folders whose names are not positive integers
-    are skipped with a warning, and so are model folders without any version.
-    """
-    if not root.is_dir():
-        raise ModelLoadError(f"model repository {root} is not a directory")
-    versions: dict[str, list[int]] = {}
-    for model_dir in sorted(root.iterdir()):
-        if model_dir.name.startswith(".") or not model_dir.is_dir():
-            continue
-        found = sorted(_version_numbers(model_dir))
-        if not found:
-            logger.warning("skipping %s: it has no version folders named 1, 2, ...", model_dir)
-            continue
-        versions[model_dir.name] = found
-    return versions
-
-
-def _version_numbers(model_dir: Path) -> list[int]:
-    numbers = []
-    for entry in model_dir.iterdir():
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        if entry.name.isdigit() and not entry.name.startswith("0"):
-            numbers.append(int(entry.name))
-        else:
-            logger.warning("skipping %s: version folders must be positive integers", entry)
-    return numbers
-
-
 class ModelRepository:
     """The models of one task that a service serves, one live version per model name."""
 
@@ -142,6 +122,10 @@ class ModelRepository:
         self.pinned_versions = dict(pinned_versions or {})
         self._options = session_options(intra_op_threads, inter_op_threads)
         self._models: dict[str, LoadedModel] = {}
+        self._reload_lock = threading.Lock()
+        # Versions that failed to load, with their files' modification times,
+        # so that polling retries a version only once its files change.
+        self._rejected: dict[tuple[str, int], tuple[int, ...]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -155,11 +139,8 @@ class ModelRepository:
         model = self._models.get(name)
         if model is not None:
             return model
-        # The requested name is quoted only when it is a valid model name, so
-        # that arbitrary client input never reaches the response.
-        quoted_name = f"{name!r} " if _MODEL_NAME.match(name) else ""
         raise ModelNotFound(
-            f"model {quoted_name}not found; available models: {', '.join(self.names) or '(none)'}"
+            f"model {_quoted(name)}not found; available models: {', '.join(self.names) or '(none)'}"
         )
 
     def load(self) -> None:
@@ -172,7 +153,7 @@ class ModelRepository:
         loaded: dict[str, LoadedModel] = {}
         for name, available in versions.items():
             version = self.pinned_versions.get(name, available[-1])
-            metadata = _read_checked_metadata(self.root / name / str(version), name, version)
+            metadata = read_checked_metadata(self.root / name / str(version), name, version)
             if metadata.task != self.task:
                 if name in self.pinned_versions:
                     raise ModelLoadError(
@@ -189,6 +170,66 @@ class ModelRepository:
                 f"expected <name>/<version>/{MODEL_FILENAME} with {METADATA_FILENAME} beside it"
             )
         self._models = loaded
+
+    def reload(self, name: str) -> ReloadOutcome:
+        """Serve the version of `name` that should be live now: the pinned one or the newest.
+
+        Blocks while the new version loads and warms up, so run it in a worker
+        thread. Raises ModelNotFound when `name` has no version folders, and
+        ModelLoadError when the version cannot be served; the version that was
+        live keeps serving in both cases.
+        """
+        with self._reload_lock:
+            available = (
+                scan_versions(self.root, warn=False).get(name) if _MODEL_NAME.match(name) else None
+            )
+            if not available:
+                raise ModelNotFound(
+                    f"model {_quoted(name)}has no version folders in the model repository"
+                )
+            version = self.pinned_versions.get(name, available[-1])
+            current = self._models.get(name)
+            if current is not None and current.version == version:
+                # The live version stays; only the list of versions on disk may have changed.
+                refreshed = dataclasses.replace(current, available_versions=tuple(available))
+                self._models = {**self._models, name: refreshed}
+                return ReloadOutcome(name, current.version, version, changed=False)
+            version_dir = self.root / name / str(version)
+            try:
+                metadata = read_checked_metadata(version_dir, name, version)
+                if metadata.task != self.task:
+                    raise ModelLoadError(
+                        f"{version_dir} holds a {metadata.task} model, "
+                        f"and this service serves {self.task} models"
+                    )
+                model = self._load_version(metadata, tuple(available))
+            except ModelLoadError:
+                self._rejected[(name, version)] = folder_signature(version_dir)
+                raise
+            self._models = {**self._models, name: model}
+            self._rejected.pop((name, version), None)
+            return ReloadOutcome(name, current.version if current else None, version, changed=True)
+
+    def pending_reloads(self) -> list[str]:
+        """Return the names whose version on disk should replace the live one.
+
+        A version that failed to load is left out until its files change, and
+        models of another task are left out, so polling neither repeats a
+        failure nor logs one for the other service's models.
+        """
+        pending = []
+        for name, available in scan_versions(self.root, warn=False).items():
+            version = self.pinned_versions.get(name, available[-1])
+            current = self._models.get(name)
+            if current is not None and current.version == version:
+                continue
+            version_dir = self.root / name / str(version)
+            if self._rejected.get((name, version)) == folder_signature(version_dir):
+                continue
+            if current is None and _task_of(version_dir) not in (self.task, None):
+                continue
+            pending.append(name)
+        return pending
 
     def _check_pins(self, versions: Mapping[str, list[int]]) -> None:
         for name, version in self.pinned_versions.items():
@@ -229,33 +270,6 @@ class ModelRepository:
         return model
 
 
-def _read_checked_metadata(version_dir: Path, name: str, version: int) -> ModelMetadata:
-    try:
-        metadata = read_metadata(version_dir)
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{version_dir / METADATA_FILENAME} is missing") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc'])) or 'document'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ModelLoadError(f"{version_dir / METADATA_FILENAME} is invalid: {problems}") from exc
-    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
-        raise ModelLoadError(f"{version_dir / METADATA_FILENAME} is invalid: {exc}") from exc
-
-    if metadata.name != name:
-        raise ModelLoadError(
-            f"{version_dir / METADATA_FILENAME} names the model {metadata.name!r}, "
-            f"but its folder is {name!r}; rename one so that they match"
-        )
-    if metadata.version != version:
-        raise ModelLoadError(
-            f"{version_dir / METADATA_FILENAME} declares version {metadata.version}, "
-            f"but its folder is {version}; rename one so that they match"
-        )
-    return metadata
-
-
 def _warm_up(model: LoadedModel) -> None:
     """Run one batch of zeros, so that the first request does not pay for lazy initialisation.
 
@@ -269,3 +283,21 @@ def _warm_up(model: LoadedModel) -> None:
     problem = check_output_shape(output.shape, model.metadata)
     if problem:
         raise ModelLoadError(f"{model.version_dir / MODEL_FILENAME}: {problem}")
+
+
+def _quoted(name: str) -> str:
+    """Quote `name` for a message only when it is a valid model name.
+
+    Arbitrary client input never reaches a response this way.
+    """
+    return f"{name!r} " if _MODEL_NAME.match(name) else ""
+
+
+def _task_of(version_dir: Path) -> Task | None:
+    """Return the task that a version's model.json declares, or None when it cannot be read."""
+    try:
+        return read_checked_metadata(
+            version_dir, version_dir.parent.name, int(version_dir.name)
+        ).task
+    except ModelLoadError:
+        return None

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.common.repository import LoadedModel
+from services.common.repository import LoadedModel, ReloadOutcome
 from services.common.stages import StageTimings
 from services.common.upload import FILE_FIELD, MULTIPART_CONTENT_TYPE, RAW_CONTENT_TYPES
 
@@ -68,6 +68,22 @@ class ModelsPublic(BaseModel):
     models: list[ModelPublic]
 
 
+class ReloadPublic(BaseModel):
+    model: str
+    previous_version: int | None = Field(description="The version live before; null if none.")
+    version: int = Field(description="The version live now.")
+    reloaded: bool = Field(description="False when this version was already live.")
+
+    @classmethod
+    def from_outcome(cls, outcome: ReloadOutcome) -> ReloadPublic:
+        return cls(
+            model=outcome.name,
+            previous_version=outcome.previous_version,
+            version=outcome.version,
+            reloaded=outcome.changed,
+        )
+
+
 class Status(BaseModel):
     status: str
 
@@ -86,11 +102,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """Return OpenAPI `responses` entries that document the common error body."""
     descriptions = {
         400: "Empty body, malformed form, or truncated or corrupt image.",
+        401: "Missing or wrong bearer token.",
+        403: "The route is turned off in the service's settings.",
         404: "No model with that name.",
         406: "The Accept header allows none of the response formats.",
         413: "Body larger than max_body_bytes or image larger than max_pixels.",
         415: "Content type or image format not supported.",
-        422: "Invalid query parameter.",
+        422: "Invalid query parameter, or a new model version that failed its checks.",
         503: "Models are loading or failed to load.",
     }
     return {

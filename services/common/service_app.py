@@ -26,6 +26,8 @@ class LoadableService(Protocol):
 
     def load_models(self) -> None: ...
 
+    async def watch_versions(self) -> None: ...
+
 
 def create_service_app(
     service: LoadableService, router: APIRouter, *, title: str, summary: str
@@ -48,6 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: LoadableService = app.state.service
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(service.readiness.load, service.load_models)
+        tasks.start_soon(service.watch_versions)
         yield
         # NOTE: a load still running at shutdown finishes first, because a
         # worker thread cannot be interrupted.

@@ -1,16 +1,19 @@
-"""Health, readiness and metrics routes that every model service exposes the same way."""
+"""Health, readiness, metrics and reload routes that every model service exposes the same way."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.common.admin import check_admin
 from services.common.errors import error_body
 from services.common.metrics import ServiceMetrics
 from services.common.readiness import Readiness
-from services.common.schemas import Status, error_responses
+from services.common.reloading import ModelReloader
+from services.common.schemas import ReloadPublic, Status, error_responses
+from services.common.settings import ModelServiceSettings
 
 
 class ObservableService(Protocol):
@@ -21,6 +24,12 @@ class ObservableService(Protocol):
 
     @property
     def metrics(self) -> ServiceMetrics: ...
+
+    @property
+    def settings(self) -> ModelServiceSettings: ...
+
+    @property
+    def reloader(self) -> ModelReloader: ...
 
 
 def _service(request: Request) -> ObservableService:
@@ -53,3 +62,20 @@ async def readyz(request: Request) -> Status | JSONResponse:
 async def metrics(request: Request) -> Response:
     """Expose Prometheus metrics."""
     return _service(request).metrics.render()
+
+
+@router.post("/v1/models/{name}/reload", responses=error_responses(401, 403, 404, 422, 503))
+async def reload_model(
+    name: str, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> ReloadPublic:
+    """Serve the newest (or pinned) version of a model without a restart. Needs the admin token.
+
+    The new version is loaded, checked and warmed up before it replaces the
+    live one; requests already running finish on the old version. A version
+    that fails its checks is rejected with 422 and the live version keeps serving.
+    """
+    service = _service(request)
+    check_admin(service.settings, authorization)
+    service.readiness.check()
+    outcome = await service.reloader.reload(name)
+    return ReloadPublic.from_outcome(outcome)
