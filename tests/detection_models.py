@@ -183,9 +183,11 @@ def calibration_photos() -> list[np.ndarray]:
 
 
 @functools.cache
-def random_yolo_onnx(seed: int = 0) -> Path:
+def random_yolo_onnx(seed: int = 0, *, dynamic: bool = False) -> Path:
     """Export the random YOLOv8n once per test process and return the ONNX path.
 
+    `dynamic` exports dynamic batch, height and width axes, as our training
+    export does; otherwise every axis is fixed, as ultralytics does by default.
     Imports torch and ultralytics, so only tests call it.
     """
     from training.detection.offline import offline_ultralytics
@@ -229,14 +231,16 @@ def random_yolo_onnx(seed: int = 0) -> Path:
             format="onnx",
             imgsz=YOLO_INPUT_SIZE,
             simplify=False,
-            dynamic=False,
+            dynamic=dynamic,
             opset=OPSET,
             verbose=False,
         )
     return folder / Path(exported).name
 
 
-def build_yolo_repository(repository: Path, detection: DetectionSpec | None = None) -> Path:
+def build_yolo_repository(
+    repository: Path, detection: DetectionSpec | None = None, *, dynamic: bool = False
+) -> Path:
     metadata = detection_metadata(YOLO_MODEL, YOLO_LABELS, YOLO_INPUT_SIZE, detection=detection)
-    write_detector_version(repository, random_yolo_onnx(), metadata)
+    write_detector_version(repository, random_yolo_onnx(dynamic=dynamic), metadata)
     return repository

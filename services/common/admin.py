@@ -14,7 +14,7 @@ def check_admin(settings: ModelServiceSettings, authorization: str | None) -> No
     """Raise unless `authorization` is `Bearer <admin_token>`.
 
     Raises Forbidden (403) when no admin token is configured and Unauthorized
-    (401) when the header is missing or holds another token.
+    (401) when the header is missing or contains another token.
     """
     variable = f"{settings.model_config.get('env_prefix', '')}ADMIN_TOKEN"
     if settings.admin_token is None:

@@ -40,7 +40,7 @@ class QueueFull(ServiceUnavailable):
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How requests to one model are batched. Disabled means batches of one request."""
+    """Batching settings of one model. With batching disabled, every request runs alone."""
 
     enabled: bool
     max_batch_size: int
@@ -51,7 +51,7 @@ class BatchPolicy:
 def batch_policy(settings: ModelServiceSettings, model: LoadedModel) -> BatchPolicy:
     """Return the policy of `model`: the service-wide settings with its own overrides applied.
 
-    A graph whose batch axis is fixed at 1 runs one row at a time whatever the settings say.
+    A graph whose batch axis is fixed at 1 runs one row at a time, whatever the settings.
     """
     override = settings.model_batching.get(model.name)
     enabled = settings.batching_enabled
