@@ -20,7 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.detection_models import COLOUR_DETECTOR, build_colour_detector_repository
 from tests.images import BLUE, RED, encode, exif_rotated_jpeg
-from tests.onnx_models import COLOUR_MODEL, build_colour_repository
+from tests.onnx_models import (
+    COLOUR_MODEL,
+    build_colour_repository,
+    colour_classifier,
+    colour_metadata,
+    write_model_version,
+)
 from tests.servers import Server, free_port, running_server
 
 pytestmark = pytest.mark.slow
@@ -329,3 +335,23 @@ def test_gateway_without_detector(classifier: Server, tmp_path: Path) -> None:
     assert detect.status_code == 503
     assert "no detector service" in detect.json()["error"]["message"]
     assert set(models) == {"classifier"}
+
+
+def test_analyze_names_classifier_model_when_it_is_missing(
+    detector: Server, tmp_path: Path
+) -> None:
+    repository = build_colour_repository(tmp_path / "classifiers")
+    write_model_version(repository, colour_classifier(), colour_metadata(name="colours-copy"))
+    env = {"VS_CLASSIFIER_MODEL_REPOSITORY": str(repository)}
+    with running_server(CLASSIFIER_APP, env, tmp_path) as two_models:
+        gateway_env = {
+            "VS_GATEWAY_CLASSIFIER_URL": two_models.url,
+            "VS_GATEWAY_DETECTOR_URL": detector.url,
+        }
+        with running_server(GATEWAY_APP, gateway_env, tmp_path) as gateway:
+            response = post(gateway, "/v1/analyze", png(two_squares()))
+
+    assert response.status_code == 422
+    message = response.json()["error"]["message"]
+    assert "query parameter 'classifier_model' is required" in message
+    assert "colours, colours-copy" in message

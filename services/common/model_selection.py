@@ -5,6 +5,9 @@ from __future__ import annotations
 from services.common.errors import InvalidParameter
 from services.common.repository import LoadedModel, ModelLoadError, ModelRepository
 
+# The start of the 422 message for a request that names no model when several are served.
+MODEL_REQUIRED = "query parameter 'model' is required"
+
 
 def default_model_name(repository: ModelRepository, configured: str | None) -> str | None:
     """Return the configured default model, or the only model, or None when there are several.
@@ -33,7 +36,7 @@ def select_model(
     if model_name is None:
         if default_model is None:
             raise InvalidParameter(
-                "query parameter 'model' is required because several models are served: "
+                f"{MODEL_REQUIRED} because several models are served: "
                 f"{', '.join(repository.names)}"
             )
         model_name = default_model

@@ -21,11 +21,14 @@ import httpx
 from PIL import Image
 
 from services.common.imaging import DecodedImage, decode_image
+from services.common.model_selection import MODEL_REQUIRED
 from services.common.stages import milliseconds
 from services.common.upload import FILE_FIELD
 from services.gateway.backend import Backends, FilePart
+from services.gateway.backend_errors import BackendRejected
 
 # Lossless and fast to encode. The classifier decodes PNG like any upload.
+CLASSIFIER_MODEL_REQUIRED = "query parameter 'classifier_model' is required"
 CROP_FORMAT = "PNG"
 CROP_COMPRESS_LEVEL = 1
 
@@ -146,9 +149,15 @@ async def _classify_crops(
     params = {"top_k": "1"}
     if classifier_model is not None:
         params["model"] = classifier_model
-    response = await backends.classifier.post_files(
-        "/v1/classify/batch", field=FILE_FIELD, files=files, params=params
-    )
+    try:
+        response = await backends.classifier.post_files(
+            "/v1/classify/batch", field=FILE_FIELD, files=files, params=params
+        )
+    except BackendRejected as error:
+        if classifier_model is None and MODEL_REQUIRED in error.message:
+            # The classifier names its own query parameter, which this route calls classifier_model.
+            error.message = error.message.replace(MODEL_REQUIRED, CLASSIFIER_MODEL_REQUIRED, 1)
+        raise
     body: dict[str, Any] = response.body
     return body
 
