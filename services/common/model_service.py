@@ -9,6 +9,7 @@ from services.common.metadata import Task
 from services.common.metrics import ServiceMetrics
 from services.common.readiness import Readiness
 from services.common.repository import ModelRepository
+from services.common.session_config import SessionConfig
 from services.common.settings import ModelServiceSettings
 
 SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
@@ -34,8 +35,7 @@ class ModelService(Generic[SettingsT, PipelineT]):
             settings.model_repository,
             task=task,
             pinned_versions=settings.pinned_versions,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
+            session_config=SessionConfig.from_settings(settings),
         )
         self.readiness = Readiness()
         self._build_pipeline = build_pipeline
