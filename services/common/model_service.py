@@ -7,6 +7,7 @@ from typing import Generic, TypeVar
 
 from services.common.metadata import Task
 from services.common.metrics import ServiceMetrics
+from services.common.prediction_metrics import record_live_models
 from services.common.readiness import Readiness
 from services.common.repository import ModelRepository
 from services.common.session_config import SessionConfig
@@ -47,6 +48,7 @@ class ModelService(Generic[SettingsT, PipelineT]):
         It blocks for as long as loading takes, so run it in a worker thread.
         """
         self.repository.load()
+        record_live_models(self.metrics, self.repository.models())
         self._pipeline = self._build_pipeline(self.repository, self.settings, self.metrics)
 
     def ready_pipeline(self) -> PipelineT:

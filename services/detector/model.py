@@ -20,6 +20,7 @@ from services.common.imaging import decode_image
 from services.common.letterbox import letterbox_tensor
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
+from services.common.prediction_metrics import record_detections
 from services.common.repository import LoadedModel
 from services.common.stages import StageTimer
 from services.detector.parameters import DetectionParameters, resolve_parameters
@@ -142,6 +143,7 @@ class Detector(ModelPipeline[DetectorSettings]):
             for box, score, class_id in zip(boxes, found.scores, found.class_ids, strict=True)
         ]
         timer.lap("postprocess")
+        record_detections(self.metrics, model, detections)
 
         timer.observe(self.metrics, model)
         result = DetectionResult(
