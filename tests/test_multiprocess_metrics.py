@@ -1,8 +1,8 @@
 """Several worker processes through `python -m services.serve`: metrics add up over workers.
 
 Each request opens a fresh connection, so the kernel hands connections to both
-workers. Every `/metrics` scrape is answered by one worker, and each must
-report the totals of both.
+workers. Every `/metrics` scrape reaches one worker, and each must report the
+totals of both.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tests.servers import ROOT, Server
 pytestmark = pytest.mark.slow
 
 WORKERS = 2
-# Requests are sent in rounds until both workers have served some; the cap
-# keeps a broken distribution from looping for long.
+# Requests are sent in rounds until both workers have served some. The cap
+# stops the loop when one worker takes every connection.
 ROUND_SIZE = 8
 MAX_ROUNDS = 25
 SCRAPES = 6
@@ -144,7 +144,7 @@ def test_counts_add_up_over_workers(classifier: Server) -> None:
         assert metric_sum(text, "visionserve_model_info", model=COLOUR_MODEL, version="1") == 1.0
 
 
-def test_dead_worker_keeps_counts_and_drops_gauges(classifier: Server, metrics_dir: Path) -> None:
+def test_killed_worker_keeps_counts(classifier: Server, metrics_dir: Path) -> None:
     send_until_every_worker_served(
         classifier, lambda: classify(classifier.url, BLUE), "/v1/classify"
     )
@@ -164,7 +164,7 @@ def test_dead_worker_keeps_counts_and_drops_gauges(classifier: Server, metrics_d
     text = scrape(classifier)
     assert metric_sum(text, "visionserve_predictions_total", label="blue") == blue_before
     assert metric_sum(text, "visionserve_model_info", model=COLOUR_MODEL, version="1") == 1.0
-    # uvicorn replaces the killed worker; later tests need it ready.
+    # uvicorn replaces the killed worker, and later tests need the replacement ready.
     wait_for_workers(classifier, "classifier", WORKERS + 1, timeout=60)
 
 
@@ -187,7 +187,7 @@ def test_gateway_counts_add_up_over_workers(
 
 
 def test_dead_process_gauges_are_removed(tmp_path: Path) -> None:
-    # A real process writes a live gauge and exits; this process writes one and stays.
+    # A real process writes a live gauge and exits. This process has a file too and stays.
     writer = textwrap.dedent(
         """
         from prometheus_client import Gauge

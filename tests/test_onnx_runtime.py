@@ -1,7 +1,7 @@
 """onnxruntime configuration: CPU count, thread defaults, providers and invalid settings.
 
-The CPU count reads fake cgroup folders; the service tests start real uvicorn
-processes on the colour model and read the session log line they write.
+The CPU count tests read fake cgroup folders. The service tests start real
+uvicorn processes on the colour model and read the session log line they write.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ DETECTOR_APP = "services.detector.app:create_app"
 # The colour classifier gives a pure colour a probability of about 0.9993.
 COLOUR_PROBABILITY = 0.9993
 
-# Families that the batching and reload code fill; they are declared up front.
+# Families that the batching and reload code fill. They exist before any sample.
 DECLARED_FAMILIES = {
     "visionserve_batch_size": "histogram",
     "visionserve_queue_depth": "gauge",

@@ -82,7 +82,7 @@ class ServiceMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
-        # Summed over live workers: each worker has its own queue.
+        # Summed over live workers, because each worker has its own queue.
         self.queue_depth = Gauge(
             "visionserve_queue_depth",
             "Requests waiting for a batch, by model.",

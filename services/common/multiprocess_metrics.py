@@ -56,7 +56,7 @@ def clear_directory(directory: Path) -> None:
 
 
 def remove_dead_worker_gauges(directory: Path) -> list[int]:
-    """Delete the live-gauge files of every process that no longer exists; return their pids.
+    """Delete the live-gauge files of every process that no longer exists, and return their pids.
 
     Counters and histograms of a dead worker stay, so that totals never drop.
     """
@@ -75,7 +75,12 @@ def remove_dead_worker_gauges(directory: Path) -> list[int]:
 
 
 class DeadWorkerReaper:
-    """A daemon thread that calls `remove_dead_worker_gauges` every `interval_seconds`."""
+    """A daemon thread that calls `remove_dead_worker_gauges` every `interval_seconds`.
+
+    NOTE: uvicorn 0.55 offers no hook when it replaces a worker, so exits are
+    found by polling pids. A pid that the system has already reused for
+    another process keeps its gauge files until that process exits too.
+    """
 
     def __init__(self, directory: Path, interval_seconds: float = 5.0) -> None:
         self._directory = directory

@@ -1,4 +1,4 @@
-"""What the models predict, as Prometheus metrics: live versions, predicted labels, confidence.
+"""Prometheus metrics of model output: live versions, predicted labels and confidence.
 
 A shift in the label mix or a drop in confidence is often the first sign that
 the images sent to a model no longer look like its training data.
