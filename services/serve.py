@@ -74,7 +74,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--metrics-dir",
         type=Path,
         help=(
-            "folder for the metric files of several workers; emptied of *.db files at start "
+            "folder for the metric files of two or more workers; emptied of *.db files at start "
             f"(default: {MULTIPROC_DIR_ENV} if set, else a temporary folder removed at exit)"
         ),
     )
@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = args.port or entry.default_port
 
     if settings.workers == 1:
+        if args.metrics_dir is not None:
+            logger.warning("--metrics-dir is ignored with one worker; pass --workers 2 or more")
         _run_uvicorn(entry.app, args.host, port, workers=1)
         return 0
     with _metrics_directory(args.metrics_dir, args.service) as directory:

@@ -210,3 +210,16 @@ def test_dead_process_gauges_are_removed(tmp_path: Path) -> None:
     assert not dead_file.exists()
     assert own_file.exists()
     assert counter_file.exists()
+
+
+def test_single_worker_launcher_serves(repository: Path, log_dir: Path) -> None:
+    env = {"VS_CLASSIFIER_MODEL_REPOSITORY": str(repository)}
+    with launched_server("classifier", env, log_dir, workers=1) as server:
+        for _ in range(3):
+            classify(server.url)
+        text = scrape(server)
+        sessions = records_with(server, "onnxruntime session created")
+
+    assert metric_sum(text, "visionserve_requests_total", route="/v1/classify") == 3
+    assert metric_sum(text, "visionserve_predictions_total", label="red") == 3
+    assert [record["intra_op_threads"] for record in sessions] == [threads_per_worker(1)]
