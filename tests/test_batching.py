@@ -11,6 +11,7 @@ import pytest
 from services.common.batching import BatchPolicy, MicroBatcher, QueueFull, batch_policy
 from services.common.metrics import ServiceMetrics
 from services.common.repository import LoadedModel, ModelRepository
+from services.common.session_config import SessionConfig
 from services.common.settings import BatchingOverride, ModelServiceSettings
 from tests.onnx_models import (
     COLOUR_MODEL,
@@ -30,7 +31,11 @@ def anyio_backend() -> str:
 
 
 def load_model(root: Path) -> LoadedModel:
-    repository = ModelRepository(root, task="classification", intra_op_threads=1)
+    repository = ModelRepository(
+        root,
+        task="classification",
+        session_config=SessionConfig(intra_op_threads=1, inter_op_threads=1),
+    )
     repository.load()
     return repository.get(COLOUR_MODEL)
 

@@ -20,6 +20,7 @@ from services.common.errors import InvalidParameter, ServiceError
 from services.common.imaging import DecodedImage, decode_image
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
+from services.common.prediction_metrics import record_classifications
 from services.common.preprocess import draft_request, preprocess, preprocess_batch
 from services.common.repository import LoadedModel
 from services.common.stages import StageTimer, StageTimings
@@ -120,6 +121,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         check_finite(logits, model)
         predictions = top_k_predictions(logits, model.metadata.labels, top_k)
         timer.lap("postprocess")
+        record_classifications(self.metrics, model, [predictions])
 
         timer.observe(self.metrics, model)
         return Classification(
@@ -172,6 +174,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
             for index, row in zip(decoded, logits, strict=True)
         }
         timer.lap("postprocess")
+        record_classifications(self.metrics, model, predictions.values())
 
         timer.observe(self.metrics, model)
         entries = [

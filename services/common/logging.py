@@ -42,8 +42,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"levelname": "level", "asctime": "time"},
+            # The pid shows which worker process of a service wrote the line.
+            "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"levelname": "level", "asctime": "time", "process": "pid"},
             static_fields={"service": service},
         )
     )

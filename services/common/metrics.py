@@ -1,7 +1,9 @@
 """Prometheus metrics shared by every service, and the middleware that records them.
 
 Metric names start with `visionserve_`. Each service process has its own
-registry, so tests can run several services in one interpreter.
+registry, so tests can run several services in one interpreter. Under several
+worker processes (`PROMETHEUS_MULTIPROC_DIR` set), `/metrics` adds up the
+values that every worker wrote to that folder instead.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from prometheus_client import (
 from starlette.routing import Match
 
 from services.common.logging import REQUEST_ID_HEADER, reset_request_id, set_request_id
+from services.common.multiprocess_metrics import exposition_registry
 
 logger = logging.getLogger(__name__)
 
 # Seconds. Spans a 2 ms cache hit up to a 30 s upstream timeout.
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MAX_REQUEST_ID_LENGTH = 128
 
 
@@ -67,41 +71,66 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._add_batching_metrics()
+        self._add_model_metrics()
 
+    def _add_batching_metrics(self) -> None:
         self.batch_size = Histogram(
             "visionserve_batch_size",
-            "Images per inference run, by model.",
+            "Images per onnxruntime run of the dynamic batcher, by model.",
             ["service", "model"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        # Summed over live workers, because each worker has its own queue.
         self.queue_depth = Gauge(
             "visionserve_queue_depth",
             "Requests waiting for a batch, by model.",
             ["service", "model"],
+            multiprocess_mode="livesum",
             registry=self.registry,
         )
         self.queue_rejections = Counter(
             "visionserve_queue_rejected_total",
-            "Requests turned away with 503 because the model's queue was full.",
+            "Requests rejected because the batch queue of the model was full.",
             ["service", "model"],
             registry=self.registry,
         )
+
+    def _add_model_metrics(self) -> None:
+        # The max over live workers: 1 while at least one worker serves the version.
         self.model_info = Gauge(
             "visionserve_model_info",
             "1 for the live version of each model, 0 for a version no longer live.",
             ["service", "model", "version"],
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "visionserve_predictions_total",
+            "Predicted labels: the top-1 label of each classified image, and the label "
+            "of each detection.",
+            ["service", "model", "label"],
+            registry=self.registry,
+        )
+        self.top1_confidence = Histogram(
+            "visionserve_top1_confidence",
+            "Top-1 probability of each classified image, and the score of each detection.",
+            ["service", "model"],
+            buckets=CONFIDENCE_BUCKETS,
             registry=self.registry,
         )
         self.reloads = Counter(
             "visionserve_model_reloads_total",
-            "Model reloads by result: success or failure.",
+            "Model reloads while the service runs, by result: success or failure.",
             ["service", "model", "result"],
             registry=self.registry,
         )
 
     def render(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        """Render the metrics in the Prometheus text format, summed over all workers."""
+        registry = exposition_registry(self.registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _route_template(request: Request) -> str:

@@ -7,9 +7,11 @@ from typing import Generic, TypeVar
 
 from services.common.metadata import Task
 from services.common.metrics import ServiceMetrics
+from services.common.prediction_metrics import record_live_models
 from services.common.readiness import Readiness
 from services.common.reloading import ModelReloader
 from services.common.repository import ModelRepository
+from services.common.session_config import SessionConfig
 from services.common.settings import ModelServiceSettings
 
 SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
@@ -35,8 +37,7 @@ class ModelService(Generic[SettingsT, PipelineT]):
             settings.model_repository,
             task=task,
             pinned_versions=settings.pinned_versions,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
+            session_config=SessionConfig.from_settings(settings),
         )
         self.readiness = Readiness()
         self.reloader = ModelReloader(self.repository, self.metrics)
@@ -49,8 +50,8 @@ class ModelService(Generic[SettingsT, PipelineT]):
         It blocks for as long as loading takes, so run it in a worker thread.
         """
         self.repository.load()
+        record_live_models(self.metrics, self.repository.models())
         self._pipeline = self._build_pipeline(self.repository, self.settings, self.metrics)
-        self.reloader.record_live_models()
 
     async def watch_versions(self) -> None:
         """Poll for new version folders every `reload_poll_seconds`; return at once when it is 0."""

@@ -11,10 +11,11 @@ import anyio.to_thread
 import numpy as np
 
 from services.common.batching import BatcherPool
+from services.common.cpus import threads_per_worker
 from services.common.errors import ServiceError
 from services.common.metrics import ServiceMetrics
 from services.common.model_selection import default_model_name
-from services.common.repository import LoadedModel, ModelRepository, available_threads
+from services.common.repository import LoadedModel, ModelRepository
 from services.common.settings import ModelServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class ModelPipeline(Generic[SettingsT]):
         self.settings = settings
         self.metrics = metrics
         self.default_model = default_model_name(repository, settings.default_model)
-        self._limiter = anyio.CapacityLimiter(settings.worker_threads or available_threads())
+        worker_threads = settings.worker_threads or threads_per_worker(settings.workers)
+        self._limiter = anyio.CapacityLimiter(worker_threads)
         self.batchers = BatcherPool(settings, metrics)
 
     async def run_in_worker(

@@ -13,6 +13,7 @@ import anyio.to_thread
 
 from services.common.errors import ModelRejected, ServiceError
 from services.common.metrics import ServiceMetrics
+from services.common.prediction_metrics import record_live_models
 from services.common.readiness import Readiness
 from services.common.repository import ModelRepository, ReloadOutcome
 from services.common.version_folders import ModelLoadError
@@ -26,13 +27,6 @@ class ModelReloader:
     def __init__(self, repository: ModelRepository, metrics: ServiceMetrics) -> None:
         self._repository = repository
         self._metrics = metrics
-
-    def record_live_models(self) -> None:
-        """Mark every live model version in `visionserve_model_info`."""
-        for model in self._repository.models():
-            self._metrics.model_info.labels(
-                self._metrics.service, model.name, str(model.version)
-            ).set(1)
 
     async def reload(self, name: str) -> ReloadOutcome:
         """Serve the version of `name` that should be live now, loading it in a worker thread.
@@ -82,11 +76,7 @@ class ModelReloader:
     def _record_swap(self, outcome: ReloadOutcome) -> None:
         metrics = self._metrics
         metrics.reloads.labels(metrics.service, outcome.name, "success").inc()
-        if outcome.previous_version is not None:
-            metrics.model_info.labels(
-                metrics.service, outcome.name, str(outcome.previous_version)
-            ).set(0)
-        metrics.model_info.labels(metrics.service, outcome.name, str(outcome.version)).set(1)
+        record_live_models(metrics, self._repository.models())
         logger.info(
             "now serving %s version %d (was %s)",
             outcome.name,

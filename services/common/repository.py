@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -26,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from services.common.cpus import usable_cpus
 from services.common.errors import ModelNotFound
 from services.common.metadata import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata, Task
 from services.common.model_checks import check_output_shape, check_preprocess, check_signature
+from services.common.session_config import SessionConfig, create_session
 from services.common.version_folders import (
     ModelLoadError,
     folder_signature,
@@ -88,21 +89,16 @@ class LoadedModel:
 
 
 def available_threads() -> int:
-    """Return the number of CPUs this process may run on (its affinity mask, not the host's)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """Return the CPUs this process may use: the smaller of its affinity mask and cgroup quota."""
+    return usable_cpus()
 
 
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 0) -> ort.SessionOptions:
     """Build onnxruntime session options. A thread count of 0 means `available_threads()`."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads or available_threads()
-    # Used only when the execution mode is ORT_PARALLEL, which onnxruntime
-    # leaves off by default. Set anyway so that both counts come from settings.
-    options.inter_op_num_threads = inter_op_threads or available_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
+    config = SessionConfig(
+        intra_op_threads or available_threads(), inter_op_threads or available_threads()
+    )
+    return config.options()
 
 
 class ModelRepository:
@@ -114,13 +110,14 @@ class ModelRepository:
         *,
         task: Task,
         pinned_versions: Mapping[str, int] | None = None,
-        intra_op_threads: int = 0,
-        inter_op_threads: int = 0,
+        session_config: SessionConfig | None = None,
     ) -> None:
         self.root = root
         self.task = task
         self.pinned_versions = dict(pinned_versions or {})
-        self._options = session_options(intra_op_threads, inter_op_threads)
+        self._session_config = session_config or SessionConfig(
+            available_threads(), available_threads()
+        )
         self._models: dict[str, LoadedModel] = {}
         self._reload_lock = threading.Lock()
         # Versions that failed to load, with their files' modification times,
@@ -250,9 +247,7 @@ class ModelRepository:
         if not model_path.is_file():
             raise ModelLoadError(f"{model_path} is missing")
         try:
-            session = ort.InferenceSession(
-                str(model_path), self._options, providers=["CPUExecutionProvider"]
-            )
+            session = create_session(model_path, self._session_config)
         except Exception as exc:
             # onnxruntime raises its own exception types (Fail, InvalidGraph,
             # InvalidProtobuf, ...) that share no public base class.

@@ -3,15 +3,19 @@ with its own env prefix (`VS_CLASSIFIER_`, `VS_GATEWAY_`, ...)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MEBIBYTE = 1024 * 1024
 MIN_ADMIN_TOKEN_LENGTH = 16
+CPU_PROVIDER = "CPUExecutionProvider"
 ColorChannel = Annotated[int, Field(ge=0, le=255)]
+GraphOptimizationLevel = Literal["disabled", "basic", "extended", "all"]
+ExecutionMode = Literal["sequential", "parallel"]
 
 
 class ServiceSettings(BaseSettings):
@@ -23,6 +27,14 @@ class ServiceSettings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         default="production",
         description="production refuses settings that are only safe on a developer machine.",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Worker processes serving this service. `python -m services.serve` sets it from "
+            "--workers; model services divide the usable CPUs among them for thread defaults."
+        ),
     )
 
 
@@ -94,18 +106,40 @@ class ModelServiceSettings(ServiceSettings):
     intra_op_threads: int = Field(
         default=0,
         ge=0,
-        description="onnxruntime threads per inference; 0 uses every CPU the process may run on.",
+        description=(
+            "onnxruntime threads per inference. 0 uses this worker's share of the usable CPUs: "
+            "the smaller of the affinity mask and the cgroup CPU quota, divided by workers."
+        ),
     )
     inter_op_threads: int = Field(
         default=0,
         ge=0,
-        description="onnxruntime threads across graph branches; 0 uses every available CPU.",
+        description=(
+            "onnxruntime threads across graph branches, used only in parallel execution mode. "
+            "0 uses this worker's share of the usable CPUs."
+        ),
     )
     worker_threads: int = Field(
         default=0,
         ge=0,
         description=(
-            "Requests decoded and run at the same time; others wait. 0 uses one per available CPU."
+            "Requests decoded and run at the same time; others wait. 0 uses this worker's "
+            "share of the usable CPUs."
+        ),
+    )
+    graph_optimization_level: GraphOptimizationLevel = Field(
+        default="all", description="onnxruntime graph optimizations applied when a model loads."
+    )
+    execution_mode: ExecutionMode = Field(
+        default="sequential",
+        description="parallel runs independent graph branches at once on inter_op_threads.",
+    )
+    execution_providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [CPU_PROVIDER],
+        description=(
+            "onnxruntime execution providers in order of preference, as a JSON list. "
+            "CPUExecutionProvider is always added last; providers missing from this "
+            "onnxruntime build are skipped with a warning."
         ),
     )
 
@@ -158,5 +192,41 @@ class ModelServiceSettings(ServiceSettings):
             raise ValueError(
                 f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters; "
                 "generate one with: python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
+        return value
+
+    @field_validator("execution_providers", mode="before")
+    @classmethod
+    def _providers_from_json(cls, value: Any) -> Any:
+        # NoDecode leaves environment values as text, so that a parse error
+        # becomes a validation error naming the variable, like any other.
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(
+                'must be a JSON list of provider names, for example ["CUDAExecutionProvider"]'
+            ) from None
+
+    @field_validator("execution_providers", mode="after")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        # Imported here so that the gateway, which shares this module, loads no onnxruntime.
+        import onnxruntime
+
+        known = onnxruntime.get_all_providers()
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown execution provider {', '.join(unknown)}; "
+                f"onnxruntime knows {', '.join(known)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("lists a provider more than once; list each provider once")
+        if CPU_PROVIDER in value[:-1]:
+            raise ValueError(
+                f"{CPU_PROVIDER} must be last, because onnxruntime assigns every node "
+                "to the first provider that supports it and the CPU supports all of them"
             )
         return value

@@ -21,6 +21,7 @@ from services.common.imaging import DecodedImage, decode_image
 from services.common.letterbox import LetterboxTransform, letterbox_tensor
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
+from services.common.prediction_metrics import record_detections
 from services.common.repository import LoadedModel
 from services.common.stages import StageTimer
 from services.detector.parameters import DetectionParameters, resolve_parameters
@@ -109,6 +110,7 @@ class Detector(ModelPipeline[DetectorSettings]):
             self._postprocess, output, model, parameters, transform
         )
         timer.lap("postprocess")
+        record_detections(self.metrics, model, detections)
 
         timer.observe(self.metrics, model)
         result = DetectionResult(
