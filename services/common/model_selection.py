@@ -36,8 +36,7 @@ def select_model(
     if model_name is None:
         if default_model is None:
             raise InvalidParameter(
-                f"{MODEL_REQUIRED} because several models are served: "
-                f"{', '.join(repository.names)}"
+                f"{MODEL_REQUIRED} because several models are served: {', '.join(repository.names)}"
             )
         model_name = default_model
     return repository.get(model_name)
