@@ -532,3 +532,35 @@ def test_build_default_tiny_writes_exif_portrait(tmp_path: Path) -> None:
         assert 0 <= x0 < x1 <= portrait["width"]
         assert 0 <= y0 < y1 <= portrait["height"]
     assert build_default.main(args) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["yolov5nu", "yolo11n"])
+def test_other_architectures_train_from_scratch(
+    architecture: str, tiny_dataset: dataset.BuildResult, tmp_path: Path
+) -> None:
+    argv = train_argv(tiny_dataset.data_yaml, tmp_path / "run", "--model", architecture)
+
+    result = train.main(train.get_args_parser().parse_args(argv))
+
+    from ultralytics import YOLO
+
+    trained = YOLO(str(result.best_weights), task="detect")
+    assert architecture in str(trained.model.yaml.get("yaml_file"))
+    assert trained.model.names == {index: str(index) for index in range(10)}
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_weights_file(
+    tiny_run: train.TrainResult, tiny_dataset: dataset.BuildResult, tmp_path: Path
+) -> None:
+    argv = train_argv(
+        tiny_dataset.data_yaml, tmp_path / "run", "--weights", str(tiny_run.best_weights)
+    )
+
+    result = train.main(train.get_args_parser().parse_args(argv))
+
+    summary = json.loads((result.run_dir / train.SUMMARY_FILE).read_text())
+    assert summary["args"]["weights"] == str(tiny_run.best_weights)
+    assert result.best_weights.is_file()
+    assert result.best_weights != tiny_run.best_weights
