@@ -158,3 +158,17 @@ async def _read_multipart_files(
         return [await upload.read() for upload in uploads if isinstance(upload, UploadFile)]
     finally:
         await form.close()
+
+
+async def read_body(request: Request, *, max_body_bytes: int) -> bytes:
+    """Return the whole request body, whatever its content type, within `max_body_bytes`.
+
+    Raises PayloadTooLarge as `read_image_body` does and EmptyBody for zero bytes.
+    """
+    _check_declared_length(request, max_body_bytes)
+    data = bytearray()
+    async for chunk in _limited_stream(request, max_body_bytes):
+        data += chunk
+    if not data:
+        raise EmptyBody("the request body is empty; send the request")
+    return bytes(data)
