@@ -18,7 +18,6 @@ import numpy as np
 from services.classifier.model import softmax
 from services.classifier.settings import ClassifierSettings
 from services.common.inference_protocol.adapter import InferencePlan
-from services.common.inference_protocol.codec import InputTensor
 from services.common.inference_protocol.inputs import (
     TensorInput,
     decode_image_file,
@@ -27,6 +26,7 @@ from services.common.inference_protocol.inputs import (
     read_input,
     run_batch,
 )
+from services.common.inference_protocol.request_codec import InputTensor
 from services.common.inference_protocol.schemas import MetadataTensor, ParameterValue
 from services.common.pipeline import ModelPipeline, check_finite
 from services.common.preprocess import draft_request, preprocess_batch

@@ -19,7 +19,6 @@ import numpy as np
 
 from services.common.errors import InvalidParameter, InvalidRequest
 from services.common.inference_protocol.adapter import InferencePlan
-from services.common.inference_protocol.codec import InputTensor
 from services.common.inference_protocol.inputs import (
     TensorInput,
     decode_image_file,
@@ -27,6 +26,7 @@ from services.common.inference_protocol.inputs import (
     input_metadata,
     read_input,
 )
+from services.common.inference_protocol.request_codec import InputTensor
 from services.common.inference_protocol.schemas import MetadataTensor, ParameterValue
 from services.common.letterbox import letterbox_tensor
 from services.common.pipeline import ModelPipeline, check_finite

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.common.inference_protocol.codec import InputTensor
+from services.common.inference_protocol.request_codec import InputTensor
 from services.common.inference_protocol.schemas import MetadataTensor, ParameterValue
 from services.common.pipeline import ModelPipeline
 from services.common.repository import LoadedModel

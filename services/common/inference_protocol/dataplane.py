@@ -15,18 +15,18 @@ import numpy as np
 
 from services.common.errors import InvalidRequest, ModelNotFound
 from services.common.inference_protocol.adapter import InferenceAdapter, InferencePlan
-from services.common.inference_protocol.codec import (
-    DecodedRequest,
-    EncodedResponse,
-    OutputTensor,
-    encode_response,
-)
 from services.common.inference_protocol.outputs import (
     BINARY_DATA_OUTPUT,
     OutputSelection,
     binary_default,
     classify,
     select_outputs,
+)
+from services.common.inference_protocol.request_codec import DecodedRequest
+from services.common.inference_protocol.response_codec import (
+    EncodedResponse,
+    OutputTensor,
+    encode_response,
 )
 from services.common.inference_protocol.schemas import ModelMetadataResponse, ParameterValue
 from services.common.pipeline import ModelPipeline

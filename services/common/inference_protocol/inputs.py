@@ -21,8 +21,8 @@ import numpy as np
 from services.common.errors import InvalidRequest, ServiceError
 from services.common.image_modes import Color
 from services.common.imaging import DecodedImage, decode_image
-from services.common.inference_protocol.codec import InputTensor
 from services.common.inference_protocol.datatypes import BYTES
+from services.common.inference_protocol.request_codec import InputTensor
 from services.common.inference_protocol.schemas import MetadataTensor
 from services.common.metrics import ServiceMetrics
 from services.common.repository import LoadedModel

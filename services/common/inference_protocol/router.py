@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 
 from services.common.errors import UnsupportedMediaType, error_response
 from services.common.inference_protocol.adapter import InferenceAdapter
-from services.common.inference_protocol.codec import HEADER_LENGTH_HEADER, decode_request
 from services.common.inference_protocol.dataplane import (
     model_metadata,
     resolve_model,
     run_inference,
 )
+from services.common.inference_protocol.request_codec import HEADER_LENGTH_HEADER, decode_request
 from services.common.inference_protocol.schemas import (
     ModelMetadataResponse,
     ProtocolError,

@@ -1,4 +1,4 @@
-"""Decoding of inference request bodies and encoding of responses, JSON and binary.
+"""Decoding of inference request bodies, JSON and binary.
 
 A body is a JSON object, optionally followed by binary tensor data (Triton's
 binary tensor data extension). The `Inference-Header-Content-Length` header
@@ -23,9 +23,7 @@ from services.common.inference_protocol.datatypes import (
     BYTES,
     DATATYPES,
     NUMERIC_DATATYPES,
-    datatype_of,
     deserialize_bytes,
-    serialize_bytes,
 )
 from services.common.inference_protocol.schemas import (
     MAX_RANK,
@@ -37,8 +35,6 @@ from services.common.inference_protocol.schemas import (
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 BINARY_DATA_SIZE = "binary_data_size"
-JSON_MEDIA_TYPE = "application/json"
-BINARY_MEDIA_TYPE = "application/octet-stream"
 _MAX_REPORTED_PROBLEMS = 5
 # numpy kinds of JSON numbers that each datatype accepts: integers fit float
 # tensors, but fractions do not fit integer tensors.
@@ -65,22 +61,6 @@ class DecodedRequest:
     parameters: dict[str, ParameterValue]
     inputs: list[InputTensor]
     outputs: list[RequestOutput] | None
-
-
-@dataclass(frozen=True)
-class OutputTensor:
-    """An output to send: numeric data or an object array of `bytes`, as JSON or binary data."""
-
-    name: str
-    data: np.ndarray
-    binary: bool
-
-
-@dataclass(frozen=True)
-class EncodedResponse:
-    body: bytes
-    media_type: str
-    headers: dict[str, str]
 
 
 def decode_request(body: bytes, header_length: str | None) -> DecodedRequest:
@@ -306,49 +286,3 @@ def _object_array(elements: Sequence[bytes], shape: Sequence[int]) -> np.ndarray
     array = np.empty(len(elements), dtype=np.object_)
     array[:] = list(elements)
     return array.reshape(shape)
-
-
-def encode_response(
-    model_name: str, model_version: int, request_id: str | None, outputs: Sequence[OutputTensor]
-) -> EncodedResponse:
-    """Encode the response object, followed by the binary data of the binary outputs."""
-    entries = []
-    chunks = []
-    for output in outputs:
-        entry: dict[str, Any] = {
-            "name": output.name,
-            "datatype": datatype_of(output.data),
-            "shape": list(output.data.shape),
-        }
-        if output.binary:
-            raw = _binary_data(output.data)
-            entry["parameters"] = {BINARY_DATA_SIZE: len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = _json_data(output.data)
-        entries.append(entry)
-
-    document: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
-    if request_id is not None:
-        document["id"] = request_id
-    document["outputs"] = entries
-    header = json.dumps(document, allow_nan=False).encode("utf-8")
-    if not chunks:
-        return EncodedResponse(header, JSON_MEDIA_TYPE, {})
-    return EncodedResponse(
-        header + b"".join(chunks), BINARY_MEDIA_TYPE, {HEADER_LENGTH_HEADER: str(len(header))}
-    )
-
-
-def _binary_data(data: np.ndarray) -> bytes:
-    if data.dtype == np.object_:
-        return serialize_bytes(list(data.ravel()))
-    little_endian = data.dtype.newbyteorder("<")
-    return np.ascontiguousarray(data, dtype=little_endian).tobytes()
-
-
-def _json_data(data: np.ndarray) -> list[Any]:
-    if data.dtype == np.object_:
-        return [element.decode("utf-8") for element in data.ravel()]
-    flat: list[Any] = data.ravel().tolist()
-    return flat
