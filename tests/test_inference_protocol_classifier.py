@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from tritonclient.utils import InferenceServerException
 
 from scripts.demo import DIGITS_MODEL, IMAGENET_MODEL
 from scripts.sample_images import SamplePhoto, imagenet_samples
@@ -26,6 +25,7 @@ from services.common.imaging import decode_image
 from services.common.metadata import read_metadata
 from services.common.preprocess import draft_request, preprocess
 from tests.images import RED, solid_png, truncated_jpeg
+from tests.inference_protocol_client import as_text, image_input, open_client, triton_error
 from tests.onnx_models import COLOUR_MODEL, colour_classifier, colour_metadata, write_model_version
 from tests.servers import Server, running_server
 
@@ -59,8 +59,8 @@ def server(default_repository: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=120) as c:
-        yield c
+    with open_client(server) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,6 @@ def v1_predictions(server: Server, image: bytes, model: str, top_k: int) -> list
     assert response.status_code == 200, response.text
     predictions: list[dict[str, Any]] = response.json()["predictions"]
     return predictions
-
-
-def image_input(images: list[bytes], binary: bool = True) -> triton.InferInput:
-    if binary:
-        data = np.array(images, dtype=np.object_)
-    else:
-        data = np.array([base64.b64encode(image) for image in images], dtype=np.object_)
-    return triton.InferInput("image", [len(images)], "BYTES").set_data_from_numpy(data, binary)
 
 
 def local_tensor(repository: Path, model: str, image: bytes) -> np.ndarray:
@@ -114,12 +106,6 @@ def assert_protocol_error(response: httpx.Response, status: int, message: str) -
     assert set(body) == {"error"}
     assert isinstance(body["error"], str)
     assert message in body["error"]
-
-
-def triton_error(call: Any) -> InferenceServerException:
-    with pytest.raises(InferenceServerException) as raised:
-        call()
-    return raised.value
 
 
 def post_infer(
@@ -175,7 +161,7 @@ def test_image_input_matches_v1(
     assert probabilities.shape == (1, 1000)
     assert probabilities.dtype == np.float32
     assert_matches_v1(probabilities[0], expected)
-    classes = [entry.decode() if binary else entry for entry in result.as_numpy("logits")[0]]
+    classes = as_text(result.as_numpy("logits")[0])
     assert [text.split(":", 2)[1:] for text in classes] == [
         [str(prediction["class_id"]), prediction["label"]] for prediction in expected
     ]
@@ -524,3 +510,20 @@ def test_v1_errors_keep_their_shape(server: Server) -> None:
     body = response.json()
     assert body["error"]["code"] == "empty_body"
     assert "request_id" in body
+
+
+def test_not_ready_service_returns_503(tmp_path: Path) -> None:
+    # An empty repository fails to load, so the service stays up but never ready.
+    env = {"VS_CLASSIFIER_MODEL_REPOSITORY": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+
+    with running_server(APP, env, tmp_path, ready_path="/healthz") as failing:
+        live = httpx.get(f"{failing.url}/v2/health/live")
+        ready = httpx.get(f"{failing.url}/v2/health/ready")
+        model_ready = httpx.get(f"{failing.url}/v2/models/{COLOUR_MODEL}/ready")
+        metadata = httpx.get(f"{failing.url}/v2/models/{COLOUR_MODEL}")
+        infer = post_infer(failing, json.dumps(red_request()).encode())
+
+    assert live.status_code == 200
+    for response in (ready, model_ready, metadata, infer):
+        assert_protocol_error(response, 503, "models")

@@ -268,7 +268,7 @@ def test_bool_bytes_must_be_zero_or_one() -> None:
     [
         (struct.pack("<I", 5) + b"abc", "declares 5 bytes, but only 3 remain"),
         (struct.pack("<I", 1) + b"a" + b"\x00\x00", "ends inside a BYTES length prefix"),
-        (struct.pack("<I", 1) + b"a", "holds 1 BYTES elements, but its shape needs 2"),
+        (struct.pack("<I", 1) + b"a", "contains 1 BYTES elements, but its shape needs 2"),
     ],
     ids=["element-too-long", "truncated-prefix", "too-few-elements"],
 )

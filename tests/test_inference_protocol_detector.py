@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
-from tritonclient.utils import InferenceServerException
 
 from services.common.letterbox import letterbox_tensor
 from services.common.metadata import DetectionSpec
@@ -33,6 +32,7 @@ from tests.detection_models import (
     letterbox_spec,
 )
 from tests.images import RED, encode, solid_png
+from tests.inference_protocol_client import as_text, image_input, open_client, triton_error
 from tests.servers import Server, running_server
 
 pytestmark = pytest.mark.slow
@@ -64,8 +64,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=120) as c:
-        yield c
+    with open_client(server) as opened:
+        yield opened
 
 
 def photo_png(index: int) -> bytes:
@@ -85,14 +85,6 @@ def v1_detections(server: Server, image: bytes, **params: Any) -> list[dict[str,
     return detections
 
 
-def image_input(images: list[bytes], binary: bool = True) -> triton.InferInput:
-    if binary:
-        data = np.array(images, dtype=np.object_)
-    else:
-        data = np.array([base64.b64encode(image) for image in images], dtype=np.object_)
-    return triton.InferInput("image", [len(images)], "BYTES").set_data_from_numpy(data, binary)
-
-
 def assert_same_detections(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -109,16 +101,6 @@ def assert_same_detections(
         assert scores[index] == pytest.approx(detection["score"], abs=1e-6)
         assert class_ids[index] == detection["class_id"]
         assert labels[index] == detection["label"]
-
-
-def as_text(values: np.ndarray) -> list[str]:
-    return [value.decode() if isinstance(value, bytes) else value for value in values]
-
-
-def triton_error(call: Any) -> InferenceServerException:
-    with pytest.raises(InferenceServerException) as raised:
-        call()
-    return raised.value
 
 
 def test_server_metadata(client: triton.InferenceServerClient) -> None:

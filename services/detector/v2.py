@@ -61,6 +61,7 @@ def detect_image(
     """Detect objects in one image file exactly as `/v1/detect` does; return the four outputs."""
     settings: DetectorSettings = pipeline.settings
     timer = StageTimer(time.perf_counter())
+
     # Full size, without JPEG draft scaling, as /v1/detect decodes.
     decoded = decode_image_file(
         data, 0, max_pixels=settings.max_pixels, background=settings.alpha_background
@@ -71,6 +72,7 @@ def detect_image(
     output = model.run(tensor[np.newaxis])[0]
     timer.lap("inference")
     check_finite(output, model)
+
     found = postprocess(
         output,
         conf_threshold=parameters.conf_threshold,
@@ -79,6 +81,7 @@ def detect_image(
         classes=parameters.classes,
         agnostic=parameters.agnostic,
     )
+
     labels = np.empty(len(found), dtype=np.object_)
     labels[:] = [model.metadata.labels[class_id].encode() for class_id in found.class_ids]
     outputs: dict[str, np.ndarray] = {
@@ -88,6 +91,7 @@ def detect_image(
         LABELS_OUTPUT: labels,
     }
     timer.lap("postprocess")
+
     timer.observe(pipeline.metrics, model)
     return outputs
 

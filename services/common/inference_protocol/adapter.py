@@ -1,7 +1,7 @@
 """The contract between the shared protocol routes and a service's task-specific adapter.
 
-The routes parse the protocol; the adapter says what a model accepts and
-returns, and computes the outputs. Blocking work must run through the
+The routes parse the protocol. The adapter describes what a model accepts
+and returns, and computes the outputs. Blocking work must run through the
 pipeline's `run_in_worker`, so that the event loop stays free.
 """
 
@@ -37,7 +37,7 @@ class InferencePlan:
 
 
 class InferenceAdapter(Protocol):
-    """What a model service plugs into the shared protocol routes."""
+    """The task-specific part of a model service, plugged into the shared protocol routes."""
 
     @property
     def server_name(self) -> str: ...

@@ -54,7 +54,7 @@ def deserialize_bytes(data: bytes | memoryview, count: int, tensor_name: str) ->
     """Split binary BYTES data into exactly `count` elements.
 
     Raises InvalidRequest (400) when a length prefix runs past the data or
-    the data holds more or fewer elements than `count`.
+    the data contains more or fewer elements than `count`.
     """
     view = memoryview(data)
     elements: list[bytes] = []
@@ -76,7 +76,7 @@ def deserialize_bytes(data: bytes | memoryview, count: int, tensor_name: str) ->
         position = start + length
     if len(elements) != count:
         raise InvalidRequest(
-            f"the binary data of input {tensor_name!r} holds {len(elements)} BYTES elements, "
+            f"the binary data of input {tensor_name!r} contains {len(elements)} BYTES elements, "
             f"but its shape needs {count}"
         )
     return elements

@@ -1,11 +1,11 @@
 """The two kinds of input a model service accepts, shared by the classifier and the detector.
 
-A request sends exactly one input: either the model's own FP32 input tensor,
-already preprocessed, of shape [N, C, H, W], or a BYTES input named `image`
-whose elements are encoded image files (JPEG, PNG, ...) that the service
-decodes and preprocesses itself. In JSON each `image` element is the base64
-text of the file, because JSON strings cannot carry arbitrary bytes. As
-binary tensor data the elements are the raw file bytes.
+A request sends exactly one input. Either it is the model's own FP32 input
+tensor, already preprocessed, of shape [N, C, H, W]. Or it is a BYTES input
+named `image` whose elements are encoded image files (JPEG, PNG, ...), which
+the service decodes and preprocesses itself. In JSON each `image` element is
+the base64 text of the file, because JSON strings cannot carry arbitrary
+bytes. As binary tensor data the elements are the raw file bytes.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def _model_batch(tensor: InputTensor, model: LoadedModel, max_batch: int | None)
         )
     if max_batch is not None and shape[0] > max_batch:
         raise InvalidRequest(
-            f"input {tensor.name!r} holds {shape[0]} images, more than the limit of {max_batch} "
-            "per request; split the batch over several requests"
+            f"input {tensor.name!r} has a batch of {shape[0]} images, more than the limit of "
+            f"{max_batch} per request; split the batch over several requests"
         )
     if not np.all(np.isfinite(tensor.data)):
         raise InvalidRequest(f"input {tensor.name!r} contains NaN or infinite values")

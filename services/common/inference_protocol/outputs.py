@@ -1,4 +1,4 @@
-"""Which outputs a request receives, in which encoding, and Triton's classification extension.
+"""Selection and encoding of the outputs a request receives, and Triton's classification extension.
 
 An output may carry two parameters: `binary_data` (true for binary tensor
 data) and `classification` (a count k: the output is replaced by its k

@@ -45,8 +45,8 @@ _ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 class InputTensor:
     """A decoded input. `data` has the declared shape; BYTES elements are `bytes` objects.
 
-    `binary` tells whether the data came as binary data rather than JSON,
-    which matters for BYTES: JSON strings cannot hold arbitrary bytes.
+    `binary` is True when the data came as binary data rather than JSON.
+    That matters for BYTES, because JSON strings cannot carry arbitrary bytes.
     """
 
     name: str

@@ -72,7 +72,7 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 
 
 def install_inference_protocol(app: FastAPI, adapter: InferenceAdapter) -> None:
-    """Mount the `/v2` routes on `app`, answering through `adapter`."""
+    """Mount the `/v2` routes on `app`, with `adapter` supplying the task-specific parts."""
     app.state.inference_adapter = adapter
     app.include_router(router)
 
@@ -142,6 +142,8 @@ async def infer_version(
 
 
 def _readiness_response(request: Request) -> Response:
+    # NOTE: the protocol asks for "a 4xx status" when not ready. 503 is used
+    # instead, as on /readyz; tritonclient treats any status but 200 as false.
     error = _service(request).readiness.unavailable_error()
     if error is not None:
         # Returned rather than raised: the error handler would log every probe
@@ -169,7 +171,11 @@ async def _infer(
         raise UnsupportedMediaType(
             "compressed request bodies are not supported; send the body without Content-Encoding"
         )
-    body = await read_body(request, max_body_bytes=pipeline.settings.max_body_bytes)
+    body = await read_body(
+        request,
+        max_body_bytes=pipeline.settings.max_body_bytes,
+        content="an inference request JSON object",
+    )
     # Parsing a large JSON body takes long enough to stall other requests.
     decoded = await anyio.to_thread.run_sync(
         decode_request, body, request.headers.get(HEADER_LENGTH_HEADER)
