@@ -1,9 +1,11 @@
 """Exceptions that carry their HTTP status, and the one handler that renders them.
 
 Every error response has the body
-`{"error": {"code": "...", "message": "..."}, "request_id": "..."}`.
-Messages of 4xx errors name the problem and the fix. They never contain the
-client's payload. 5xx bodies are generic and the details go to the log.
+`{"error": {"code": "...", "message": "..."}, "request_id": "..."}`, except
+on the Open Inference Protocol routes under `/v2`, where the protocol fixes
+the body as `{"error": "..."}`. Messages of 4xx errors name the problem and
+the fix. They never contain the client's payload. 5xx bodies are generic and
+the details go to the log.
 """
 
 from __future__ import annotations
@@ -99,8 +101,27 @@ class UpstreamTimeout(ServiceError):
     code = "upstream_timeout"
 
 
+INFERENCE_PROTOCOL_PREFIX = "/v2"
+INTERNAL_ERROR_MESSAGE = "internal server error; see the service log"
+
+
 def error_body(code: str, message: str) -> dict[str, object]:
     return {"error": {"code": code, "message": message}, "request_id": current_request_id()}
+
+
+def uses_inference_protocol(path: str) -> bool:
+    """Return True for the Open Inference Protocol routes, whose error body the protocol fixes."""
+    return path == INFERENCE_PROTOCOL_PREFIX or path.startswith(INFERENCE_PROTOCOL_PREFIX + "/")
+
+
+def error_response(path: str, exc: ServiceError) -> JSONResponse:
+    """Render `exc` in the error body that the route at `path` uses, without logging it."""
+    body: dict[str, object]
+    if uses_inference_protocol(path):
+        body = {"error": exc.message}
+    else:
+        body = error_body(exc.code, exc.message)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
@@ -117,9 +138,7 @@ def _service_error_response(request: Request, exc: ServiceError) -> JSONResponse
             exc.message,
             extra={"path": request.url.path, "status": exc.status_code, "code": exc.code},
         )
-    return JSONResponse(
-        error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers
-    )
+    return error_response(request.url.path, exc)
 
 
 def _validation_error_message(exc: RequestValidationError) -> str:
@@ -131,7 +150,7 @@ def _validation_error_message(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception a route can raise onto the common error body."""
+    """Map every exception a route can raise onto the error body that its route uses."""
 
     @app.exception_handler(ServiceError)
     async def handle_service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -156,7 +175,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "internal server error; see the service log"),
-            status_code=500,
-        )
+        return error_response(request.url.path, ServiceError(INTERNAL_ERROR_MESSAGE))

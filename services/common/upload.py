@@ -64,12 +64,7 @@ async def read_image_body(request: Request, *, max_body_bytes: int) -> bytes:
         if not upload:
             raise EmptyBody(f"the form field {FILE_FIELD!r} is empty; send the image bytes")
         return upload
-    data = bytearray()
-    async for chunk in _limited_stream(request, max_body_bytes):
-        data += chunk
-    if not data:
-        raise EmptyBody("the request body is empty; send the image bytes")
-    return bytes(data)
+    return await _read_whole_body(request, max_body_bytes, "the image bytes")
 
 
 def _media_type(request: Request) -> str:
@@ -158,3 +153,22 @@ async def _read_multipart_files(
         return [await upload.read() for upload in uploads if isinstance(upload, UploadFile)]
     finally:
         await form.close()
+
+
+async def read_body(request: Request, *, max_body_bytes: int, content: str) -> bytes:
+    """Return the whole request body, whatever its content type, within `max_body_bytes`.
+
+    Raises PayloadTooLarge as `read_image_body` does, and EmptyBody naming
+    the expected `content` for zero bytes.
+    """
+    _check_declared_length(request, max_body_bytes)
+    return await _read_whole_body(request, max_body_bytes, content)
+
+
+async def _read_whole_body(request: Request, max_body_bytes: int, content: str) -> bytes:
+    data = bytearray()
+    async for chunk in _limited_stream(request, max_body_bytes):
+        data += chunk
+    if not data:
+        raise EmptyBody(f"the request body is empty; send {content}")
+    return bytes(data)

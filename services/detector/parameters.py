@@ -1,7 +1,9 @@
-"""Validation of a detection request's query parameters against the model and the settings.
+"""Validation of a detection request's parameters against the model and the settings.
 
-Every check runs before the body is read, and every failure is an
-InvalidParameter (422) that names the parameter and its allowed range.
+`/v1` routes take them as query parameters and check them before the body is
+read. `/v2` inference takes them as request parameters in the body. Every
+failure is an InvalidParameter (422) that names the parameter and its
+allowed range.
 """
 
 from __future__ import annotations
@@ -40,16 +42,20 @@ def resolve_parameters(
     classes: Sequence[str] | None,
     agnostic: bool,
     max_det_limit: int,
+    source: str = "query parameter",
 ) -> DetectionParameters:
-    """Fill in the model's defaults and check each value, raising InvalidParameter (422)."""
+    """Fill in the model's defaults and check each value, raising InvalidParameter (422).
+
+    `source` names where the values came from in error messages.
+    """
     defaults = detection_defaults(model)
-    conf_threshold = defaults.conf_threshold if conf is None else _fraction("conf", conf)
-    iou_threshold = defaults.iou_threshold if iou is None else _fraction("iou", iou)
+    conf_threshold = defaults.conf_threshold if conf is None else _fraction(source, "conf", conf)
+    iou_threshold = defaults.iou_threshold if iou is None else _fraction(source, "iou", iou)
     if max_det is None:
         max_det = min(defaults.max_det, max_det_limit)
     elif not 1 <= max_det <= max_det_limit:
         raise InvalidParameter(
-            f"query parameter 'max_det' must be between 1 and {max_det_limit}; got {max_det}"
+            f"{source} 'max_det' must be between 1 and {max_det_limit}; got {max_det}"
         )
     return DetectionParameters(
         conf_threshold=conf_threshold,
@@ -60,10 +66,10 @@ def resolve_parameters(
     )
 
 
-def _fraction(name: str, value: float) -> float:
+def _fraction(source: str, name: str, value: float) -> float:
     # The comparison is False for NaN, so NaN is rejected too.
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise InvalidParameter(f"query parameter {name!r} must be between 0 and 1; got {value}")
+        raise InvalidParameter(f"{source} {name!r} must be between 0 and 1; got {value}")
     return value
 
 
