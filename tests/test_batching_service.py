@@ -13,25 +13,17 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.detection_models import YOLO_MODEL, build_yolo_repository, calibration_photos
 from tests.images import BLUE, GREEN, RED, encode, solid_jpeg, solid_png, truncated_jpeg
 from tests.onnx_models import COLOUR_MODEL, build_colour_repository
+from tests.scraping import metric
 from tests.servers import Server, running_server
 
 pytestmark = pytest.mark.slow
 
 CLASSIFIER = "services.classifier.app:create_app"
 DETECTOR = "services.detector.app:create_app"
-
-
-def metric(server: Server, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def post(server: Server, path: str, body: bytes, **params: Any) -> httpx.Response:

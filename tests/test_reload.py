@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import RED, solid_png
 from tests.onnx_models import (
@@ -21,6 +20,7 @@ from tests.onnx_models import (
     colour_metadata,
     write_model_version,
 )
+from tests.scraping import metric
 from tests.servers import Server, running_server
 
 pytestmark = pytest.mark.slow
@@ -74,14 +74,6 @@ def classify(server: Server) -> httpx.Response:
 
 def reload(server: Server, headers: dict[str, str] = ADMIN) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/models/{COLOUR_MODEL}/reload", headers=headers, timeout=60)
-
-
-def metric(server: Server, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def test_reload_swaps_in_the_new_version(server: Server, repository: Path) -> None:
