@@ -21,7 +21,7 @@ import httpx
 
 from scripts.demo_detection import DETECTOR_MODEL, show_detection
 from scripts.digit_samples import DigitSample, load_digit_samples
-from scripts.local_stack import Server, running_server
+from scripts.local_stack import GATEWAY_OPEN_ACCESS_ENV, Server, running_server
 from scripts.sample_images import SamplePhoto, imagenet_samples
 
 IMAGENET_MODEL = "imagenet-efficientnet-lite0"
@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def local_stack(
     repository: Path, log_dir: Path, *, with_detector: bool = False
 ) -> Iterator[dict[str, Server]]:
-    """Run the classifier, optionally the detector, and a gateway pointed at them."""
+    """Run the classifier, optionally the detector, and an open-access gateway pointed at them."""
     models = str(repository.resolve())
     with ExitStack() as stack:
         servers = {
@@ -87,6 +87,7 @@ def local_stack(
         gateway_env = {
             "VS_GATEWAY_CLASSIFIER_URL": servers["classifier"].url,
             "VS_GATEWAY_DETECTOR_URL": detector_url,
+            **GATEWAY_OPEN_ACCESS_ENV,
         }
         servers["gateway"] = stack.enter_context(
             running_server("services.gateway.app:create_app", gateway_env, log_dir)

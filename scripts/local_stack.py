@@ -20,6 +20,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# A gateway that serves requests without an API key, allowed only in development.
+GATEWAY_OPEN_ACCESS_ENV = {
+    "VS_GATEWAY_ENVIRONMENT": "development",
+    "VS_GATEWAY_OPEN_ACCESS": "true",
+}
 
 
 def free_port() -> int:

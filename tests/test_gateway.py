@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import BLUE, RED, png_chunk, solid_jpeg, solid_png
 from tests.onnx_models import COLOUR_MODEL, build_colour_repository
-from tests.servers import Server, free_port, running_server
+from tests.servers import GATEWAY_OPEN_ACCESS_ENV, Server, free_port, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,7 @@ def gateway(classifier: Server, log_dir: Path) -> Iterator[Server]:
         "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
         "VS_GATEWAY_DETECTOR_URL": "",
         "VS_GATEWAY_MAX_BODY_BYTES": str(GATEWAY_MAX_BODY_BYTES),
+        **GATEWAY_OPEN_ACCESS_ENV,
     }
     with running_server(GATEWAY_APP, env, log_dir) as server:
         yield server
@@ -316,7 +317,11 @@ def test_classifier_restart(repository: Path, tmp_path: Path) -> None:
     )
     classifier.start()
     try:
-        env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url, "VS_GATEWAY_DETECTOR_URL": ""}
+        env = {
+            "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
+            "VS_GATEWAY_DETECTOR_URL": "",
+            **GATEWAY_OPEN_ACCESS_ENV,
+        }
         with running_server(GATEWAY_APP, env, tmp_path) as gateway:
             assert post_raw(gateway, solid_png(RED), "image/png").status_code == 200
             classifier.stop()

@@ -27,7 +27,7 @@ from tests.onnx_models import (
     colour_metadata,
     write_model_version,
 )
-from tests.servers import Server, free_port, running_server
+from tests.servers import GATEWAY_OPEN_ACCESS_ENV, Server, free_port, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,7 @@ def gateway(classifier: Server, detector: Server, log_dir: Path) -> Iterator[Ser
         "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
         "VS_GATEWAY_DETECTOR_URL": detector.url,
         "VS_GATEWAY_MAX_ANALYZE_OBJECTS": str(MAX_ANALYZE_OBJECTS),
+        **GATEWAY_OPEN_ACCESS_ENV,
     }
     with running_server(GATEWAY_APP, env, log_dir) as server:
         yield server
@@ -314,6 +315,7 @@ def test_readiness_includes_detector(classifier: Server, tmp_path: Path) -> None
     env = {
         "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
         "VS_GATEWAY_DETECTOR_URL": f"http://127.0.0.1:{free_port()}",
+        **GATEWAY_OPEN_ACCESS_ENV,
     }
 
     with running_server(GATEWAY_APP, env, tmp_path, ready_path="/healthz") as gateway:
@@ -326,7 +328,11 @@ def test_readiness_includes_detector(classifier: Server, tmp_path: Path) -> None
 
 
 def test_gateway_without_detector(classifier: Server, tmp_path: Path) -> None:
-    env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url, "VS_GATEWAY_DETECTOR_URL": ""}
+    env = {
+        "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
+        "VS_GATEWAY_DETECTOR_URL": "",
+        **GATEWAY_OPEN_ACCESS_ENV,
+    }
 
     with running_server(GATEWAY_APP, env, tmp_path) as gateway:
         detect = post(gateway, "/v1/detect", png(two_squares()))
@@ -347,6 +353,7 @@ def test_analyze_names_classifier_model_when_it_is_missing(
         gateway_env = {
             "VS_GATEWAY_CLASSIFIER_URL": two_models.url,
             "VS_GATEWAY_DETECTOR_URL": detector.url,
+            **GATEWAY_OPEN_ACCESS_ENV,
         }
         with running_server(GATEWAY_APP, gateway_env, tmp_path) as gateway:
             response = post(gateway, "/v1/analyze", png(two_squares()))

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from services.gateway.settings import GatewaySettings
-from tests.servers import Server, free_port, running_server
+from tests.servers import GATEWAY_OPEN_ACCESS_ENV, Server, free_port, running_server
 
 GATEWAY_APP = "services.gateway.app:create_app"
 FAULTY_APP = "tests.faulty_backend:create_app"
@@ -45,6 +45,7 @@ def gateway(faulty_backend: Server, log_dir: Path) -> Iterator[Server]:
         "VS_GATEWAY_CLASSIFIER_URL": faulty_backend.url,
         "VS_GATEWAY_DETECTOR_URL": "",
         "VS_GATEWAY_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT_SECONDS),
+        **GATEWAY_OPEN_ACCESS_ENV,
     }
     with running_server(GATEWAY_APP, env, log_dir) as server:
         yield server
@@ -189,6 +190,7 @@ def test_full_pool_returns_503(faulty_backend: Server, tmp_path: Path) -> None:
         "VS_GATEWAY_MAX_CONNECTIONS": "1",
         "VS_GATEWAY_MAX_KEEPALIVE_CONNECTIONS": "1",
         "VS_GATEWAY_POOL_TIMEOUT_SECONDS": "0.2",
+        **GATEWAY_OPEN_ACCESS_ENV,
     }
     with (
         running_server(GATEWAY_APP, env, tmp_path) as gateway,

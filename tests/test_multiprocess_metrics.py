@@ -26,7 +26,7 @@ from services.common.multiprocess_metrics import remove_dead_worker_gauges
 from tests.images import BLUE, RED, solid_png
 from tests.launched_servers import launched_server, log_records, records_with, wait_for_workers
 from tests.onnx_models import COLOUR_MODEL, build_colour_repository
-from tests.servers import ROOT, Server
+from tests.servers import GATEWAY_OPEN_ACCESS_ENV, ROOT, Server
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +171,11 @@ def test_killed_worker_keeps_counts(classifier: Server, metrics_dir: Path) -> No
 def test_gateway_counts_add_up_over_workers(
     classifier: Server, log_dir: Path, tmp_path: Path
 ) -> None:
-    env = {"VS_GATEWAY_CLASSIFIER_URL": classifier.url, "VS_GATEWAY_DETECTOR_URL": ""}
+    env = {
+        "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
+        "VS_GATEWAY_DETECTOR_URL": "",
+        **GATEWAY_OPEN_ACCESS_ENV,
+    }
     with launched_server("gateway", env, log_dir, workers=WORKERS) as gateway:
         sent = send_until_every_worker_served(
             gateway, lambda: classify(gateway.url), "/v1/classify"

@@ -157,6 +157,12 @@ def _incoming_request_id(request: Request) -> str:
     return uuid.uuid4().hex
 
 
+def _client_fields(request: Request) -> dict[str, str]:
+    """Return the caller's key id for the access log; the gateway's auth layer sets it."""
+    client = getattr(request.state, "client", None)
+    return {} if client is None else {"client_key_id": str(client.key_id)}
+
+
 def install_http_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Attach request ids, the request counter and latency histogram, and an access log line."""
 
@@ -187,6 +193,7 @@ def install_http_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
                         "method": request.method,
                         "status": status,
                         "latency_ms": round(elapsed * 1000, 2),
+                        **_client_fields(request),
                     },
                 )
             reset_request_id(token)

@@ -57,7 +57,7 @@ router = APIRouter()
     openapi_extra=IMAGE_UPLOAD_BODY,
     responses={
         200: {"description": CLASSIFY_RESPONSE_DESCRIPTION},
-        **error_responses(400, 404, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 502, 503, 504),
     },
 )
 async def classify(
@@ -85,7 +85,7 @@ async def classify(
     return JSONResponse(response.body, status_code=response.status_code)
 
 
-@router.get("/v1/models", responses=error_responses(502, 503, 504))
+@router.get("/v1/models", responses=error_responses(401, 502, 503, 504))
 async def list_models(backends: BackendsDep) -> dict[str, Any]:
     """List the models of every backend, grouped by backend name."""
     results = await asyncio.gather(*(backend.get("/v1/models") for backend in backends.all()))

@@ -6,13 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from services.common.errors import install_error_handlers
 from services.common.logging import configure_logging
 from services.common.metrics import install_http_middleware
 from services.common.settings import load_settings
 from services.gateway.api import router
+from services.gateway.auth import AccessControl, authenticate
 from services.gateway.backend import Backend, Backends
 from services.gateway.detection_api import router as detection_router
 from services.gateway.metrics import GatewayMetrics
@@ -29,6 +30,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # httpx logs every backend call at INFO, which repeats the access log line.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     metrics = GatewayMetrics()
+    access = AccessControl(settings)
+    access.log_configuration()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,9 +56,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         summary="One REST entry point that forwards image requests to the model services.",
         version="0.1.0",
         lifespan=lifespan,
+        # Every route but the open ones needs a key; see services.gateway.auth.
+        dependencies=[Depends(authenticate)],
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.access = access
     install_http_middleware(app, metrics)
     install_error_handlers(app)
     app.include_router(router)

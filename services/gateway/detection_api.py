@@ -56,7 +56,7 @@ async def read_for_detector(
     openapi_extra=IMAGE_UPLOAD_BODY,
     responses={
         200: {"description": DETECT_RESPONSE_DESCRIPTION},
-        **error_responses(400, 404, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 502, 503, 504),
     },
 )
 async def detect(request: Request, settings: SettingsDep, backends: BackendsDep) -> JSONResponse:
@@ -84,7 +84,7 @@ async def detect(request: Request, settings: SettingsDep, backends: BackendsDep)
             "description": RENDER_RESPONSE_DESCRIPTION,
             "content": {"image/jpeg": {}, "image/png": {}},
         },
-        **error_responses(400, 404, 406, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 406, 413, 415, 422, 502, 503, 504),
     },
 )
 async def render(request: Request, settings: SettingsDep, backends: BackendsDep) -> Response:
@@ -109,7 +109,7 @@ async def render(request: Request, settings: SettingsDep, backends: BackendsDep)
     openapi_extra=IMAGE_UPLOAD_BODY,
     responses={
         200: {"description": ANALYZE_RESPONSE_DESCRIPTION},
-        **error_responses(400, 404, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 502, 503, 504),
     },
 )
 async def analyze_image(

@@ -35,9 +35,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 ERROR_DESCRIPTIONS = {
     400: "Empty body or an image that cannot be decoded (from a backend).",
+    401: "Missing or unknown key. Send Authorization: Bearer <key> or X-API-Key: <key>.",
+    403: "The key may not call this route, or the route is not configured.",
     404: "Unknown model (from a backend).",
     406: "The Accept header allows neither image/jpeg nor image/png (from the detector).",
-    413: "Body larger than the gateway's or a backend's limit.",
+    413: "Body or image larger than the gateway's or a backend's limit.",
     415: "Body that is not an image, or an unsupported content type.",
     422: "Invalid or unknown query parameter.",
     502: "Backend failed or returned an invalid response. Details are in the gateway log.",

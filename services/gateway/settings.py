@@ -8,13 +8,13 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.gateway.access_settings import AccessSettings, RequestLimitSettings
 
 MIB = 1024 * 1024
 
 
-class GatewaySettings(ServiceSettings):
-    """Backend addresses, timeouts, connection pool and upload limits of the gateway."""
+class GatewaySettings(AccessSettings, RequestLimitSettings):
+    """Backend addresses, timeouts, connection pool, access and upload limits of the gateway."""
 
     model_config = SettingsConfigDict(env_prefix="VS_GATEWAY_", extra="ignore", frozen=True)
 
@@ -104,8 +104,9 @@ class GatewaySettings(ServiceSettings):
         default=50_000_000,
         gt=0,
         description=(
-            "Largest image in pixels (width x height) that /v1/analyze decodes for cropping, "
-            "checked from the header."
+            "Largest image in pixels (width x height) that the gateway forwards, checked "
+            "from the image header before the backend call. /v1/analyze also decodes "
+            "images up to this size for cropping."
         ),
     )
     max_analyze_objects: int = Field(
