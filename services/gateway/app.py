@@ -12,11 +12,13 @@ from services.common.errors import install_error_handlers
 from services.common.logging import configure_logging
 from services.common.metrics import install_http_middleware
 from services.common.settings import load_settings
+from services.gateway.admin_api import router as admin_router
 from services.gateway.api import router
 from services.gateway.auth import AccessControl, authenticate
 from services.gateway.backend import Backend, Backends
 from services.gateway.detection_api import router as detection_router
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.query_limits import limit_query_string
 from services.gateway.readiness import ReadinessMonitor
 from services.gateway.settings import GatewaySettings
 
@@ -57,7 +59,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         # Every route but the open ones needs a key; see services.gateway.auth.
-        dependencies=[Depends(authenticate)],
+        dependencies=[Depends(authenticate), Depends(limit_query_string)],
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -66,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(detection_router)
+    app.include_router(admin_router)
     return app
 
 

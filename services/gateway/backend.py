@@ -97,9 +97,11 @@ class Backend:
         content: bytes,
         content_type: str | None,
         params: Mapping[str, str] | httpx.QueryParams | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> BackendResponse:
         """Send `content` with its content type and return the backend's 2xx response."""
         headers = {"Content-Type": content_type} if content_type else {}
+        headers.update(extra_headers or {})
         response = await self._send("POST", path, content=content, headers=headers, params=params)
         return self._parse_success(response)
 
