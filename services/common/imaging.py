@@ -132,6 +132,19 @@ def decode_image(
     )
 
 
+def declared_size(data: bytes) -> tuple[int, int]:
+    """Return the width and height that the image header declares, without decoding pixels.
+
+    The size is the stored one, before any EXIF rotation, so its pixel count
+    is the one `decode_image` checks. Raises UnsupportedMediaType, CorruptImage
+    or EmptyBody as `decode_image` does for data whose header cannot be read.
+    """
+    if not data:
+        raise EmptyBody("the request body is empty; send the image bytes")
+    with _open(data) as image:
+        return image.size
+
+
 def check_png_chunks(data: bytes) -> None:
     """Verify the length and CRC-32 of every PNG chunk up to IEND.
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.common.errors import InvalidParameter, error_body
 from services.gateway.backend import Backends
-from services.gateway.body import read_limited_body
+from services.gateway.image_limits import read_image_upload
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import (
     CLASSIFY_RESPONSE_DESCRIPTION,
@@ -73,7 +73,7 @@ async def classify(
 ) -> JSONResponse:
     """Classify one image with the classifier service."""
     reject_unknown_query_parameters(request, CLASSIFY_QUERY_PARAMETERS)
-    body = await read_limited_body(request, settings.max_body_bytes)
+    body = await read_image_upload(request, settings)
 
     params = {"model": model, "top_k": None if top_k is None else str(top_k)}
     response = await backends.classifier.post(

@@ -13,7 +13,7 @@ from services.common.upload import read_image_body
 from services.gateway.analyze import AnalyzeRequest, analyze
 from services.gateway.api import BackendsDep, SettingsDep, reject_unknown_query_parameters
 from services.gateway.backend import Backend, Backends
-from services.gateway.body import read_limited_body
+from services.gateway.image_limits import check_declared_pixels, read_image_upload
 from services.gateway.openapi import (
     ANALYZE_RESPONSE_DESCRIPTION,
     DETECT_RESPONSE_DESCRIPTION,
@@ -48,7 +48,7 @@ async def read_for_detector(
     """
     reject_unknown_query_parameters(request, allowed)
     detector = backends.require_detector()
-    return detector, await read_limited_body(request, settings.max_body_bytes)
+    return detector, await read_image_upload(request, settings)
 
 
 @router.post(
@@ -143,6 +143,7 @@ async def analyze_image(
             f"query parameter 'max_det' must be between 1 and {limit} on /v1/analyze; got {max_det}"
         )
     image = await read_image_body(request, max_body_bytes=settings.max_body_bytes)
+    check_declared_pixels(image, settings.max_pixels)
 
     detector_params = forwarded_parameters(request, DETECT_QUERY_PARAMETERS - {"max_det"})
     detector_params = detector_params.add("max_det", str(max_det or limit))
