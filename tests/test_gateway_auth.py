@@ -55,7 +55,7 @@ API_KEYS = [
     {"id": "team-a", "sha256": key_digest(TEAM_A_KEY), "tier": "standard"},
     {"id": "team-b", "sha256": key_digest(TEAM_B_KEY), "tier": "premium"},
 ]
-# Version 2 of the colour classifier answers with these labels, so a response
+# Version 2 of the colour classifier returns these labels, so a response
 # shows which version made it.
 V2_LABELS = ("red-v2", "green-v2", "blue-v2")
 
@@ -238,7 +238,7 @@ def test_access_log_names_key_id_never_key(gateway: Server) -> None:
     assert reloads[-1]["status"] == 200
 
 
-def test_gateway_without_keys_rejects_every_request(classifier: Server, tmp_path: Path) -> None:
+def test_no_keys_rejects_every_request(classifier: Server, tmp_path: Path) -> None:
     with gateway_with(classifier, tmp_path, api_keys="[]") as gateway:
         response = classify(gateway, bearer(TEAM_A_KEY))
         ready = httpx.get(f"{gateway.url}/readyz", timeout=10.0)
@@ -263,7 +263,7 @@ def test_open_access_serves_anonymous_clients(classifier: Server, tmp_path: Path
     assert clients[:2] == ["anonymous", "team-a"]
 
 
-def test_open_access_in_production_stops_start_up(classifier: Server, tmp_path: Path) -> None:
+def test_open_access_in_production_exits(classifier: Server, tmp_path: Path) -> None:
     env = gateway_env(classifier, open_access="true")
     server = Server(app=GATEWAY_APP, port=free_port(), env=env, log_path=tmp_path / "gw.log")
 
@@ -366,7 +366,7 @@ def test_admin_reload_reaches_detector(gateway: Server, detector_repository: Pat
     assert detected.json()["model"] == {"name": COLOUR_DETECTOR, "version": 2}
 
 
-def test_admin_reload_of_unknown_model_returns_404(gateway: Server) -> None:
+def test_admin_unknown_model_returns_404(gateway: Server) -> None:
     response = reload(gateway, "classifier", "no-such-model", bearer(ADMIN_KEY))
 
     assert response.status_code == 404
@@ -385,7 +385,7 @@ def test_admin_reload_rejects_bad_model_name(gateway: Server, model: str, messag
     assert message in error_of(response)["message"]
 
 
-def test_admin_reload_of_unknown_service_returns_422(gateway: Server) -> None:
+def test_admin_unknown_service_returns_422(gateway: Server) -> None:
     response = reload(gateway, "gateway", COLOUR_MODEL, bearer(ADMIN_KEY))
 
     assert response.status_code == 422

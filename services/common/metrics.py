@@ -158,7 +158,7 @@ def _incoming_request_id(request: Request) -> str:
 
 
 def _client_fields(request: Request) -> dict[str, str]:
-    """Return the caller's key id for the access log; the gateway's auth layer sets it."""
+    """Return the caller's key id for the access log, which only the gateway's auth layer sets."""
     client = getattr(request.state, "client", None)
     return {} if client is None else {"client_key_id": str(client.key_id)}
 

@@ -17,7 +17,7 @@ from services.common.settings import ServiceSettings
 # Key ids and tiers appear in logs and metric labels, so they are short and plain.
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-# Identities that the gateway assigns itself; a configured key may not take them.
+# Identities that the gateway assigns itself, which a configured key may not take.
 RESERVED_KEY_IDS = frozenset({"anonymous", "admin"})
 DEFAULT_TIER = "standard"
 
@@ -59,7 +59,7 @@ class ApiKeyEntry(BaseModel):
 
 
 class AccessSettings(ServiceSettings):
-    """Who may call the gateway: API keys, open access for development, and the admin key."""
+    """Access control: API keys, open access for development, and the admin key."""
 
     open_access: bool = Field(
         default=False,
@@ -137,18 +137,19 @@ class RequestLimitSettings(ServiceSettings):
     max_query_parameters: int = Field(
         default=64,
         ge=1,
-        description="Most query parameters in one request, each repeat counted.",
+        description="Maximum number of query parameters in one request, each repeat counted.",
     )
     max_query_value_chars: int = Field(
         default=1024,
         ge=1,
-        description="Longest name or value of a query parameter, in characters.",
+        description="Maximum length of a query parameter name or value, in characters.",
     )
     max_model_name_chars: int = Field(
         default=64,
         ge=1,
         description=(
-            "Longest model name in model, classifier_model or an admin route, in characters. "
+            "Maximum length of a model name in model, classifier_model or an admin route, "
+            "in characters. "
             "Model repositories accept names of 1 to 64 characters."
         ),
     )
@@ -156,7 +157,7 @@ class RequestLimitSettings(ServiceSettings):
         default=1024,
         ge=1,
         description=(
-            "Most class ids in the classes parameter of the detection routes, comma-separated "
-            "and repeated values counted together."
+            "Maximum number of class ids in the classes parameter of the detection routes, "
+            "comma-separated and repeated values counted together."
         ),
     )

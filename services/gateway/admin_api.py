@@ -46,7 +46,7 @@ async def reload_model(
     """Make a model service serve the newest (or pinned) version of a model. Needs the admin key.
 
     The gateway sends the reload with the service's admin token and returns
-    the service's answer: 200 with the previous and the new version, 404 for
+    the service's response: 200 with the previous and the new version, 404 for
     an unknown model, or 422 when the new version fails its checks.
     """
     check_model_name_length(name, settings, "the model name in the path")

@@ -58,7 +58,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         summary="One REST entry point that forwards image requests to the model services.",
         version="0.1.0",
         lifespan=lifespan,
-        # Every route but the open ones needs a key; see services.gateway.auth.
+        # Every route needs a key except those in services.gateway.auth.OPEN_ROUTES.
         dependencies=[Depends(authenticate), Depends(limit_query_string)],
     )
     app.state.settings = settings

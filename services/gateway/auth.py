@@ -86,7 +86,7 @@ class AccessControl:
             raise Unauthorized(f"missing API key; send {_KEY_HEADERS}", headers=_CHALLENGE)
         # A dict lookup on the digest is safe from timing attacks: its timing depends
         # only on the SHA-256 digest of the presented key, and learning how that digest
-        # compares with a stored one tells nothing about the stored key's preimage.
+        # compares with a stored one reveals nothing about the stored key's preimage.
         client = self._clients.get(key_digest(key))
         if client is None:
             raise Unauthorized(

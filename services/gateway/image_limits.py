@@ -3,7 +3,7 @@
 The gateway reads image headers only and never decodes pixels for these
 checks. The backend stays the judge of what a valid image is: a body whose
 form or image header the gateway cannot read is forwarded unchanged, and the
-backend answers with its own 400 or 415.
+backend returns its own 400 or 415.
 """
 
 from __future__ import annotations
