@@ -84,6 +84,8 @@ def _admin_token(settings: GatewaySettings, service: ModelService) -> SecretStr:
 
 async def _forward_reload(backend: Backend, name: str, token: SecretStr) -> Any:
     authorization = {"Authorization": f"Bearer {token.get_secret_value()}"}
+    # NOTE: the backend latency metric labels calls by this path, so every model name
+    # reloaded, known to the backend or not, adds a label value. Only the admin key gets here.
     try:
         response = await backend.post(
             f"/v1/models/{name}/reload", content=b"", content_type=None, extra_headers=authorization
