@@ -17,6 +17,7 @@ from services.gateway.backend import Backend, Backends
 from services.gateway.detection_api import router as detection_router
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.readiness import ReadinessMonitor
+from services.gateway.redis_app import install_redis_features, redis_lifespan
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             },
         )
         try:
-            yield
+            async with redis_lifespan(app):
+                yield
         finally:
             await backends.aclose()
             logger.info("gateway stopped")
@@ -58,6 +60,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_http_middleware(app, metrics)
     install_error_handlers(app)
+    install_redis_features(app, metrics)
     app.include_router(router)
     app.include_router(detection_router)
     return app
