@@ -99,7 +99,7 @@ class LiveVersionPublisher:
                 self._write()
 
     async def heartbeat(self) -> None:
-        """Call `refresh` in a worker thread three times per TTL; never returns."""
+        """Call `refresh` in a worker thread three times per TTL, until cancelled."""
         while True:
             await anyio.sleep(self._heartbeat_seconds)
             await anyio.to_thread.run_sync(self.refresh)
@@ -139,8 +139,8 @@ class LiveVersionPublisher:
             return
         self._failing = True
         logger.warning(
-            "cannot publish live model versions to Redis; the gateway stops using cached "
-            "answers of this service once the published versions expire: %s",
+            "cannot publish live model versions to Redis, so the gateway stops using "
+            "cached answers of this service once the published versions expire: %s",
             error,
             extra={"redis_url": redacted_redis_url(self._url)},
         )

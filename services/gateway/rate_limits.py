@@ -113,7 +113,7 @@ class RateLimiter:
         except RedisUnavailable:
             if self._settings.redis_failure_mode == "closed":
                 raise ServiceUnavailable(
-                    "rate limiting is unavailable, so this route is closed; retry shortly",
+                    "rate limiting is unavailable, so this route is closed. Retry shortly.",
                     headers={
                         "Retry-After": str(math.ceil(self._settings.redis_health_check_seconds))
                     },
@@ -123,7 +123,7 @@ class RateLimiter:
             self._state.metrics.count_rejection(client.tier)
             raise TooManyRequests(
                 f"rate limit exceeded: {tier.requests} requests per {tier.per_seconds:g} s "
-                f"for this client; retry after {decision.retry_after_seconds} s",
+                f"for this client. Retry after {decision.retry_after_seconds} s.",
                 headers=decision.headers(),
             )
         return decision.headers()
@@ -145,7 +145,7 @@ class RateLimiter:
 
 
 async def enforce_rate_limit(request: Request) -> None:
-    """Count the request against its client's limit; raise 429 or 503 when it may not run."""
+    """Count the request against its client's limit, or raise 429 or 503 when it may not run."""
     limiter: RateLimiter = request.app.state.rate_limiter
     client: RateLimitedClient = getattr(request.state, "client", ANONYMOUS)
     headers = await limiter.check(client)

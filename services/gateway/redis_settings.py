@@ -25,7 +25,7 @@ class RateLimitTier(BaseModel):
 
 
 class RedisSettings(BaseSettings):
-    """Redis connection, rate limits and response cache; mixed into GatewaySettings."""
+    """Redis connection, rate limits and response cache, mixed into GatewaySettings."""
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
@@ -74,7 +74,7 @@ class RedisSettings(BaseSettings):
         default_factory=dict,
         description=(
             'Rate limit per client tier as JSON, e.g. {"default": {"requests": 60, '
-            '"per_seconds": 60}}. A tier not listed uses "default"; with no "default" '
+            '"per_seconds": 60}}. A tier not listed uses "default". Without a "default" '
             "entry its clients are not limited. Empty turns rate limiting off."
         ),
     )
@@ -119,8 +119,8 @@ class RedisSettings(BaseSettings):
     def _rate_limits_need_redis(self) -> Self:
         if self.rate_limits and not self.redis_url:
             raise ValueError(
-                "rate_limits needs redis_url, because the limits are counted in Redis; "
-                "set VS_GATEWAY_REDIS_URL or remove VS_GATEWAY_RATE_LIMITS"
+                "rate_limits needs redis_url because the limits are counted in Redis. "
+                "Set VS_GATEWAY_REDIS_URL or remove VS_GATEWAY_RATE_LIMITS"
             )
         return self
 

@@ -67,7 +67,7 @@ class RedisState:
 
         Raises at once while Redis is off or down. A connection error or a
         timeout marks Redis as down, and an error reply (a bug or a key of the
-        wrong type under the prefix) is logged; both raise RedisUnavailable.
+        wrong type under the prefix) is logged. Both raise RedisUnavailable.
         """
         if self._client is None or self._status != "up":
             self._calls_skipped += 1
@@ -106,9 +106,14 @@ class RedisState:
             self._mark_up()
 
     async def monitor(self) -> None:
-        """Call `check` every `redis_health_check_seconds`; never returns."""
+        """Call `check` every `redis_health_check_seconds` until cancelled."""
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception as error:
+                # An unexpected error must not end the loop, which would end the app too.
+                logger.exception("Redis health check failed")
+                self._mark_down(error)
             await anyio.sleep(self.settings.redis_health_check_seconds)
 
     async def aclose(self) -> None:
@@ -124,19 +129,19 @@ class RedisState:
             self._calls_skipped = 0
             self.metrics.set_redis_up(False)
             logger.warning(
-                "Redis unavailable: %s; %s until it is back",
-                _describe(error),
+                "Redis unavailable, so %s until it is back: %s",
                 self._outage_consequence(),
+                _describe(error),
                 extra={"redis_url": self._url},
             )
             return
         if now - self._last_outage_log >= self.settings.redis_outage_log_seconds:
             self._last_outage_log = now
             logger.warning(
-                "Redis still unavailable after %.0f s: %s; %d Redis calls skipped so far",
+                "Redis still unavailable after %.0f s, %d Redis calls skipped so far: %s",
                 now - self._down_since,
-                _describe(error),
                 self._calls_skipped,
+                _describe(error),
                 extra={"redis_url": self._url},
             )
 
@@ -150,7 +155,7 @@ class RedisState:
             logger.info("Redis connected", extra={"redis_url": self._url})
             return
         logger.info(
-            "Redis available again after %.0f s; %d Redis calls were skipped meanwhile",
+            "Redis available again after %.0f s, %d Redis calls were skipped meanwhile",
             time.monotonic() - self._down_since,
             self._calls_skipped,
             extra={"redis_url": self._url},
