@@ -71,7 +71,7 @@ def test_omitted_parameters_wait_for_the_published_defaults() -> None:
         [("model", "Not A Model")],
     ],
 )
-def test_parameter_without_canonical_spelling_bypasses(params: list[tuple[str, str]]) -> None:
+def test_ambiguous_parameter_bypasses(params: list[tuple[str, str]]) -> None:
     assert detect(params) is None
 
 

@@ -2,7 +2,7 @@
 
 Gateways and the classifier run as real uvicorn processes. Until the auth
 layer identifies callers, every request comes from the anonymous client of
-the "default" tier; other tiers and client keys are tested on the limiter
+the "default" tier. So other tiers and client keys are tested on the limiter
 itself, against the same Redis.
 """
 
@@ -115,7 +115,7 @@ def test_limit_covers_every_image_route(classifier: Server, log_dir: Path, prefi
         rejected = classify(server, "/v1/detect")
         other_routes = [httpx.get(f"{server.url}{path}") for path in ("/healthz", "/v1/models")]
 
-    # This gateway has no detector, so the detection routes answer 503 after counting.
+    # This gateway has no detector, so the detection routes return 503 after counting.
     assert [response.status_code for response in responses] == [200, 503, 503, 503]
     assert [response.headers["RateLimit-Remaining"] for response in responses] == [
         "3",
@@ -185,7 +185,7 @@ async def count_allowed(limiter: RateLimiter, client: Client, attempts: int) -> 
     return allowed
 
 
-def test_each_client_key_gets_the_limit_of_its_tier(prefix: str) -> None:
+def test_limiter_applies_tier_per_key(prefix: str) -> None:
     settings = GatewaySettings(
         redis_url=SHARED_REDIS_URL,
         redis_key_prefix=prefix,

@@ -74,11 +74,13 @@ def records_with_prefix(server: Server, prefix: str) -> list[str]:
     return [message for message in messages if message.startswith(prefix)]
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], description: str) -> None:
     deadline = time.monotonic() + RECOVERY_DEADLINE_SECONDS
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {RECOVERY_DEADLINE_SECONDS} s")
+            raise AssertionError(
+                f"{description} did not happen within {RECOVERY_DEADLINE_SECONDS} s"
+            )
         time.sleep(0.2)
 
 
@@ -146,3 +148,24 @@ def test_closed_mode_returns_503_while_redis_is_down(tmp_path: Path) -> None:
     assert [response.status_code for response in other_routes] == [200, 200]
     assert len(outage_lines) == 1
     assert "rate-limited routes return 503" in outage_lines[0]
+
+
+def test_gateway_starts_while_redis_is_down(tmp_path: Path) -> None:
+    redis_server = PrivateRedis(tmp_path)  # its port is chosen, but nothing listens on it yet
+    try:
+        with stack(redis_server, tmp_path) as gateway:
+            during = classify(gateway)
+            up_during = redis_up(gateway)
+            redis_server.start()
+            wait_for(lambda: redis_up(gateway) == 1, "redis_up rising to 1")
+            after = classify(gateway)
+            outage_lines = records_with_prefix(gateway, OUTAGE_MESSAGE)
+    finally:
+        redis_server.stop()
+
+    assert during.status_code == 200
+    assert during.headers["X-Cache"] == "bypass"
+    assert up_during == 0
+    assert after.status_code == 200
+    assert "RateLimit-Remaining" in after.headers
+    assert len(outage_lines) == 1

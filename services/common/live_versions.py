@@ -33,7 +33,7 @@ from services.common.repository import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-# Returns the default of each request parameter that changes the answer of `model`,
+# Returns the default of each request parameter that changes the result of `model`,
 # as canonical strings.
 RequestDefaults = Callable[[LoadedModel], Mapping[str, str]]
 
@@ -84,7 +84,7 @@ class LiveVersionPublisher:
     def publish_before_swap(self, model: LoadedModel) -> None:
         """Publish `model` as the live version of its name. Call it before it starts serving.
 
-        NOTE: when this write fails, the gateway may return answers of the
+        NOTE: when this write fails, the gateway may return responses of the
         previous version that it cached until the next heartbeat succeeds, or
         until the previous record expires after `ttl_seconds`.
         """
@@ -140,7 +140,7 @@ class LiveVersionPublisher:
         self._failing = True
         logger.warning(
             "cannot publish live model versions to Redis, so the gateway stops using "
-            "cached answers of this service once the published versions expire: %s",
+            "cached responses of this service once the published versions expire: %s",
             error,
             extra={"redis_url": redacted_redis_url(self._url)},
         )

@@ -21,7 +21,7 @@ SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
 PipelineT = TypeVar("PipelineT")
 
 PipelineFactory = Callable[[ModelRepository, SettingsT, ServiceMetrics], PipelineT]
-# The default of each request parameter that changes a model's answer, as canonical strings.
+# The default of each request parameter that changes a model's result, as canonical strings.
 RequestDefaults = Callable[[SettingsT, LoadedModel], Mapping[str, str]]
 
 

@@ -8,7 +8,7 @@ Keys, all below one prefix per deployment:
 
 - `<prefix>:live:<service>:<model>`: JSON `{"version": 2, "defaults": {...}}`,
   the live version and the default value of each request parameter that
-  changes the answer, as canonical strings (see `canonical_number`).
+  changes the result, as canonical strings (see `canonical_number`).
 - `<prefix>:default:<service>`: name of the model that serves requests
   which name none. Absent when the service has no default model.
 - `<prefix>:cache:...`: cached gateway responses.

@@ -184,7 +184,7 @@ class ModelServiceSettings(ServiceSettings):
         default="",
         description=(
             "Redis where the service publishes the live version of each model, so that the "
-            "gateway caches its answers and never returns an answer of another version. "
+            "gateway caches its responses and never returns a result of another version. "
             "Empty turns publishing off, and with it the gateway's cache for this service."
         ),
     )

@@ -16,7 +16,7 @@ def detection_defaults(settings: DetectorSettings, model: LoadedModel) -> dict[s
     """Return the detection parameters that `model` uses when a request sets none.
 
     The gateway fills them into its cache keys, so a request that omits a
-    parameter and one that sends its default share one cached answer.
+    parameter and one that sends its default share one cached response.
     """
     parameters = resolve_parameters(
         model,

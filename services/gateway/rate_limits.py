@@ -4,9 +4,9 @@ The algorithm is GCRA (the generic cell rate algorithm, a token bucket kept as
 one timestamp per key). A tier allows `requests` per `per_seconds`, in a
 burst of up to `requests`, refilling one request every
 `per_seconds / requests`. One Lua script reads and updates the key with the
-clock of the Redis server, so concurrent requests through any number of
-gateway processes are counted exactly once, and clock skew between gateway
-hosts does not matter.
+clock of the Redis server. Redis runs a script atomically, so concurrent
+requests through any number of gateway processes are counted one by one, and
+clock skew between gateway hosts does not matter.
 
 Responses carry the `RateLimit-Limit`, `RateLimit-Remaining` and
 `RateLimit-Reset` headers of the IETF draft "RateLimit header fields for
@@ -30,7 +30,7 @@ MICROSECONDS = 1_000_000
 
 # KEYS[1]: the client's key. ARGV[1]: requests per window. ARGV[2]: microseconds
 # between two requests at the steady rate, a whole number so that every sum
-# below is exact in Lua's doubles. The key holds the theoretical arrival time
+# below is exact in Lua's doubles. The key contains the theoretical arrival time
 # (TAT) in microseconds: the time at which the bucket would be full again.
 # Returns {allowed (1 or 0), remaining, microseconds until the bucket is full,
 # microseconds until the next request is allowed}.

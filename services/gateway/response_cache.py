@@ -12,13 +12,13 @@ a response is cached only under the version that computed it:
   equals the live version read before the call. A response computed by the
   old version while a reload was swapping in the new one is not stored.
 
-So once a reload has returned, no request gets an answer of the old version
+So once a reload has returned, no request gets a result of the old version
 from the cache. With several replicas of a model service, requests may get
 either version until every replica serves the new one, as they would from
 the replicas themselves.
 
 The key holds the SHA-256 of the image bytes, the route, each model name and
-version, and every request parameter that changes the answer, in canonical
+version, and every request parameter that changes the result, in canonical
 spelling with the model's defaults filled in, sorted by name.
 """
 
@@ -42,10 +42,10 @@ CACHE_HEADER = "X-Cache"
 CacheStatus = Literal["hit", "miss", "bypass"]
 
 # ARGV: the cache key prefix, the route, the image digest, the route's own
-# parameters, the number of models, then four values per model: its live-version
-# key prefix, its service's default-model key, its name ("" for the default),
-# and its parameters as a JSON object of canonical strings, where null means
-# "the default that the service published with the live version".
+# parameters and the number of models. Four values per model follow: its
+# live-version key prefix, its service's default-model key, its name ("" for
+# the default) and its parameters as a JSON object of canonical strings. A
+# null parameter stands for the default published with the live version.
 # Returns {} when the cache cannot be used, else {key, entry or "", then the
 # name and version of each model}.
 # NOTE: the script reads keys that it builds itself, which Redis Cluster does not allow.
@@ -87,12 +87,12 @@ return result
 
 @dataclass(frozen=True)
 class ModelSlot:
-    """One model whose answer a cached response contains."""
+    """One model whose result a cached response contains."""
 
     service: str
-    # None asks for the service's default model.
+    # None selects the service's default model.
     model: str | None
-    # Canonical values of the parameters that change this model's answer. None
+    # Canonical values of the parameters that change this model's result. None
     # stands for the default that the service published.
     parameters: Mapping[str, str | None]
     # The top-level field of the response body that reports this model's name and version.
