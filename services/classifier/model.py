@@ -84,6 +84,16 @@ def top_k_predictions(logits: np.ndarray, labels: list[str], top_k: int) -> list
     ]
 
 
+def top_k_limit(settings: ClassifierSettings, model: LoadedModel) -> int:
+    """Return the largest top_k that a request may ask of `model`."""
+    return min(settings.max_top_k, model.metadata.num_classes)
+
+
+def default_top_k(settings: ClassifierSettings, model: LoadedModel) -> int:
+    """Return the top_k of a request that sets none: `default_top_k` capped at the limit."""
+    return min(settings.default_top_k, top_k_limit(settings, model))
+
+
 class Classifier(ModelPipeline[ClassifierSettings]):
     """The classification pipeline over the models of a loaded repository."""
 
@@ -96,9 +106,9 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         """
         model = select_model(self.repository, model_name, self.default_model)
 
-        limit = min(self.settings.max_top_k, model.metadata.num_classes)
+        limit = top_k_limit(self.settings, model)
         if top_k is None:
-            return model, min(self.settings.default_top_k, limit)
+            return model, default_top_k(self.settings, model)
         if not 1 <= top_k <= limit:
             raise InvalidParameter(
                 f"query parameter 'top_k' must be between 1 and {limit} for model "

@@ -91,6 +91,11 @@ class ModelRejected(ServiceError):
     code = "model_rejected"
 
 
+class TooManyRequests(ServiceError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class ServiceUnavailable(ServiceError):
     status_code = 503
     code = "service_unavailable"

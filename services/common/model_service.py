@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
+from services.common.live_versions import LiveVersionPublisher
 from services.common.metadata import Task
 from services.common.metrics import ServiceMetrics
+from services.common.model_selection import default_model_name
 from services.common.prediction_metrics import record_live_models
 from services.common.readiness import Readiness
 from services.common.reloading import ModelReloader
-from services.common.repository import ModelRepository
+from services.common.repository import LoadedModel, ModelRepository
 from services.common.session_config import SessionConfig
 from services.common.settings import ModelServiceSettings
 
@@ -18,6 +21,8 @@ SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
 PipelineT = TypeVar("PipelineT")
 
 PipelineFactory = Callable[[ModelRepository, SettingsT, ServiceMetrics], PipelineT]
+# The default of each request parameter that changes a model's result, as canonical strings.
+RequestDefaults = Callable[[SettingsT, LoadedModel], Mapping[str, str]]
 
 
 class ModelService(Generic[SettingsT, PipelineT]):
@@ -30,14 +35,17 @@ class ModelService(Generic[SettingsT, PipelineT]):
         service_name: str,
         task: Task,
         build_pipeline: PipelineFactory[SettingsT, PipelineT],
+        request_defaults: RequestDefaults[SettingsT],
     ) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics(service_name)
+        self.live_versions = _create_publisher(settings, service_name, request_defaults)
         self.repository = ModelRepository(
             settings.model_repository,
             task=task,
             pinned_versions=settings.pinned_versions,
             session_config=SessionConfig.from_settings(settings),
+            before_swap=self.live_versions.publish_before_swap if self.live_versions else None,
         )
         self.readiness = Readiness()
         self.reloader = ModelReloader(self.repository, self.metrics)
@@ -51,6 +59,9 @@ class ModelService(Generic[SettingsT, PipelineT]):
         """
         self.repository.load()
         record_live_models(self.metrics, self.repository.models())
+        if self.live_versions is not None:
+            default = default_model_name(self.repository, self.settings.default_model)
+            self.live_versions.publish_all(self.repository.models(), default)
         self._pipeline = self._build_pipeline(self.repository, self.settings, self.metrics)
 
     async def watch_versions(self) -> None:
@@ -58,9 +69,29 @@ class ModelService(Generic[SettingsT, PipelineT]):
         if self.settings.reload_poll_seconds > 0:
             await self.reloader.poll(self.settings.reload_poll_seconds, self.readiness)
 
+    async def publish_live_versions(self) -> None:
+        """Renew the published live versions until cancelled; return at once without Redis."""
+        if self.live_versions is not None:
+            await self.live_versions.heartbeat()
+
     def ready_pipeline(self) -> PipelineT:
         """Return the pipeline, or raise ServiceUnavailable (503) while it is not ready."""
         self.readiness.check()
         if self._pipeline is None:  # READY is set only after load_models succeeded
             raise RuntimeError("readiness is READY but no pipeline was built")
         return self._pipeline
+
+
+def _create_publisher(
+    settings: SettingsT, service_name: str, request_defaults: RequestDefaults[SettingsT]
+) -> LiveVersionPublisher | None:
+    if not settings.redis_url:
+        return None
+    return LiveVersionPublisher(
+        settings.redis_url,
+        prefix=settings.redis_key_prefix,
+        service=service_name,
+        ttl_seconds=settings.live_version_ttl_seconds,
+        timeout_seconds=settings.redis_timeout_seconds,
+        request_defaults=functools.partial(request_defaults, settings),
+    )

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,13 +111,17 @@ class ModelRepository:
         task: Task,
         pinned_versions: Mapping[str, int] | None = None,
         session_config: SessionConfig | None = None,
+        before_swap: Callable[[LoadedModel], None] | None = None,
     ) -> None:
+        """`before_swap`, when given, is called with each new version that a reload
+        is about to serve, once every check has passed, in the reloading thread."""
         self.root = root
         self.task = task
         self.pinned_versions = dict(pinned_versions or {})
         self._session_config = session_config or SessionConfig(
             available_threads(), available_threads()
         )
+        self._before_swap = before_swap
         self._models: dict[str, LoadedModel] = {}
         self._reload_lock = threading.Lock()
         # Versions that failed to load, with their files' modification times,
@@ -203,6 +207,8 @@ class ModelRepository:
             except ModelLoadError:
                 self._rejected[(name, version)] = folder_signature(version_dir)
                 raise
+            if self._before_swap is not None:
+                self._before_swap(model)
             self._models = {**self._models, name: model}
             self._rejected.pop((name, version), None)
             return ReloadOutcome(name, current.version if current else None, version, changed=True)

@@ -28,6 +28,8 @@ class LoadableService(Protocol):
 
     async def watch_versions(self) -> None: ...
 
+    async def publish_live_versions(self) -> None: ...
+
 
 def create_service_app(
     service: LoadableService, router: APIRouter, *, title: str, summary: str
@@ -51,6 +53,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(service.readiness.load, service.load_models)
         tasks.start_soon(service.watch_versions)
+        tasks.start_soon(service.publish_live_versions)
         yield
         # NOTE: a load still running at shutdown finishes first, because a
         # worker thread cannot be interrupted.

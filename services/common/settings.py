@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.common.redis_keys import DEFAULT_KEY_PREFIX, check_key_prefix, check_redis_url
+
 MEBIBYTE = 1024 * 1024
 MIN_ADMIN_TOKEN_LENGTH = 16
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -178,10 +180,44 @@ class ModelServiceSettings(ServiceSettings):
         description="Seconds between scans for new version folders; 0 turns polling off.",
     )
 
+    redis_url: str = Field(
+        default="",
+        description=(
+            "Redis where the service publishes the live version of each model, so that the "
+            "gateway caches its responses and never returns a result of another version. "
+            "Empty turns publishing off, and with it the gateway's cache for this service."
+        ),
+    )
+    redis_key_prefix: str = Field(
+        default=DEFAULT_KEY_PREFIX,
+        description="Prefix of the published keys; the same as the gateway's redis_key_prefix.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.5, gt=0, description="Maximum time in seconds to connect to Redis or write."
+    )
+    live_version_ttl_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        description=(
+            "Seconds a published live version lasts. The service rewrites it three times "
+            "within that time, so the versions of a stopped service expire within it."
+        ),
+    )
+
     @field_validator("default_model", mode="after")
     @classmethod
     def _empty_default_model_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value)
+
+    @field_validator("redis_key_prefix", mode="after")
+    @classmethod
+    def _redis_key_prefix(cls, value: str) -> str:
+        return check_key_prefix(value)
 
     @field_validator("admin_token", mode="after")
     @classmethod

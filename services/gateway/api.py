@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from services.common.errors import InvalidParameter, error_body
 from services.gateway.backend import Backends
+from services.gateway.cache_queries import classify_query
 from services.gateway.image_limits import read_image_upload
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import (
@@ -18,7 +19,9 @@ from services.gateway.openapi import (
     ErrorResponse,
     error_responses,
 )
+from services.gateway.rate_limits import RATE_LIMITED
 from services.gateway.readiness import ReadinessMonitor
+from services.gateway.response_cache import ResponseCacheDep, respond_with_cache
 from services.gateway.settings import GatewaySettings
 
 CLASSIFY_QUERY_PARAMETERS = frozenset({"model", "top_k"})
@@ -55,34 +58,41 @@ router = APIRouter()
 @router.post(
     "/v1/classify",
     openapi_extra=IMAGE_UPLOAD_BODY,
+    dependencies=[RATE_LIMITED],
     responses={
         200: {"description": CLASSIFY_RESPONSE_DESCRIPTION},
-        **error_responses(400, 401, 404, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504),
     },
 )
 async def classify(
     request: Request,
     settings: SettingsDep,
     backends: BackendsDep,
+    cache: ResponseCacheDep,
     model: Annotated[
         str | None, Query(description="Model name. Omit it for the classifier's default model.")
     ] = None,
     top_k: Annotated[
         int | None, Query(description="Number of predictions to return, most probable first.")
     ] = None,
-) -> JSONResponse:
+) -> Response:
     """Classify one image with the classifier service."""
     reject_unknown_query_parameters(request, CLASSIFY_QUERY_PARAMETERS)
     body = await read_image_upload(request, settings)
+    content_type = request.headers.get("content-type")
+    query = await classify_query(body, content_type, model, top_k) if cache.active else None
 
-    params = {"model": model, "top_k": None if top_k is None else str(top_k)}
-    response = await backends.classifier.post(
-        "/v1/classify",
-        content=body,
-        content_type=request.headers.get("content-type"),
-        params={name: value for name, value in params.items() if value is not None},
-    )
-    return JSONResponse(response.body, status_code=response.status_code)
+    async def forward() -> Any:
+        params = {"model": model, "top_k": None if top_k is None else str(top_k)}
+        response = await backends.classifier.post(
+            "/v1/classify",
+            content=body,
+            content_type=content_type,
+            params={name: value for name, value in params.items() if value is not None},
+        )
+        return response.body
+
+    return await respond_with_cache(cache, "classify", query, forward)
 
 
 @router.get("/v1/models", responses=error_responses(401, 502, 503, 504))

@@ -20,6 +20,7 @@ from services.gateway.detection_api import router as detection_router
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.query_limits import limit_query_string
 from services.gateway.readiness import ReadinessMonitor
+from services.gateway.redis_app import install_redis_features, redis_lifespan
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             },
         )
         try:
-            yield
+            async with redis_lifespan(app):
+                yield
         finally:
             await backends.aclose()
             logger.info("gateway stopped")
@@ -66,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.access = access
     install_http_middleware(app, metrics)
     install_error_handlers(app)
+    install_redis_features(app, metrics)
     app.include_router(router)
     app.include_router(detection_router)
     app.include_router(admin_router)

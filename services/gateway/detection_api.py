@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from services.common.errors import InvalidParameter
 from services.common.upload import read_image_body
 from services.gateway.analyze import AnalyzeRequest, analyze
 from services.gateway.api import BackendsDep, SettingsDep, reject_unknown_query_parameters
 from services.gateway.backend import Backend, Backends
+from services.gateway.cache_queries import analyze_query, detect_query
 from services.gateway.image_limits import check_declared_pixels, read_image_upload
 from services.gateway.openapi import (
     ANALYZE_RESPONSE_DESCRIPTION,
@@ -21,6 +21,8 @@ from services.gateway.openapi import (
     RENDER_RESPONSE_DESCRIPTION,
     error_responses,
 )
+from services.gateway.rate_limits import RATE_LIMITED
+from services.gateway.response_cache import ResponseCacheDep, respond_with_cache
 from services.gateway.settings import GatewaySettings
 
 # The detector validates these itself. The gateway only forwards them.
@@ -54,37 +56,45 @@ async def read_for_detector(
 @router.post(
     "/v1/detect",
     openapi_extra=IMAGE_UPLOAD_BODY,
+    dependencies=[RATE_LIMITED],
     responses={
         200: {"description": DETECT_RESPONSE_DESCRIPTION},
-        **error_responses(400, 401, 404, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504),
     },
 )
-async def detect(request: Request, settings: SettingsDep, backends: BackendsDep) -> JSONResponse:
+async def detect(
+    request: Request, settings: SettingsDep, backends: BackendsDep, cache: ResponseCacheDep
+) -> Response:
     """Detect objects in one image with the detector service.
 
     Query parameters model, conf, iou, max_det, classes and agnostic_nms are
     forwarded unchanged. The detector documents them.
     """
     detector, body = await read_for_detector(request, settings, backends, DETECT_QUERY_PARAMETERS)
-    response = await detector.post(
-        "/v1/detect",
-        content=body,
-        content_type=request.headers.get("content-type"),
-        params=forwarded_parameters(request, DETECT_QUERY_PARAMETERS),
-    )
-    return JSONResponse(response.body, status_code=response.status_code)
+    content_type = request.headers.get("content-type")
+    params = forwarded_parameters(request, DETECT_QUERY_PARAMETERS)
+    query = await detect_query(body, content_type, params) if cache.active else None
+
+    async def forward() -> Any:
+        response = await detector.post(
+            "/v1/detect", content=body, content_type=content_type, params=params
+        )
+        return response.body
+
+    return await respond_with_cache(cache, "detect", query, forward)
 
 
 @router.post(
     "/v1/detect/render",
     openapi_extra=IMAGE_UPLOAD_BODY,
     response_class=Response,
+    dependencies=[RATE_LIMITED],
     responses={
         200: {
             "description": RENDER_RESPONSE_DESCRIPTION,
             "content": {"image/jpeg": {}, "image/png": {}},
         },
-        **error_responses(400, 401, 404, 406, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 406, 413, 415, 422, 429, 502, 503, 504),
     },
 )
 async def render(request: Request, settings: SettingsDep, backends: BackendsDep) -> Response:
@@ -107,15 +117,17 @@ async def render(request: Request, settings: SettingsDep, backends: BackendsDep)
 @router.post(
     "/v1/analyze",
     openapi_extra=IMAGE_UPLOAD_BODY,
+    dependencies=[RATE_LIMITED],
     responses={
         200: {"description": ANALYZE_RESPONSE_DESCRIPTION},
-        **error_responses(400, 401, 404, 413, 415, 422, 502, 503, 504),
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503, 504),
     },
 )
 async def analyze_image(
     request: Request,
     settings: SettingsDep,
     backends: BackendsDep,
+    cache: ResponseCacheDep,
     classifier_model: Annotated[
         str | None,
         Query(description="Classifier model for the crops. Omit it for the classifier's default."),
@@ -128,7 +140,7 @@ async def analyze_image(
         int | None,
         Query(description="Maximum objects, from 1 to max_analyze_objects, which is the default."),
     ] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Detect objects, crop each from the original image, and classify all crops in one batch.
 
     Detector parameters (model, conf, iou, classes, agnostic_nms) are
@@ -154,4 +166,9 @@ async def analyze_image(
         margin=margin,
         max_pixels=settings.max_pixels,
     )
-    return await analyze(backends, analyze_request)
+    query = None
+    if cache.active:
+        query = analyze_query(image, detector_params, classifier_model, margin)
+    return await respond_with_cache(
+        cache, "analyze", query, lambda: analyze(backends, analyze_request)
+    )

@@ -42,6 +42,7 @@ ERROR_DESCRIPTIONS = {
     413: "Body or image larger than the gateway's or a backend's limit.",
     415: "Body that is not an image, or an unsupported content type.",
     422: "Invalid or unknown query parameter.",
+    429: "The client key exceeded its rate limit. Retry after the Retry-After seconds.",
     502: "Backend failed or returned an invalid response. Details are in the gateway log.",
     503: "Backend down, not ready or overloaded. Retry later.",
     504: "Backend did not respond within the gateway's read timeout.",

@@ -9,12 +9,16 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.gateway.access_settings import AccessSettings, RequestLimitSettings
+from services.gateway.redis_settings import RedisSettings
 
 MIB = 1024 * 1024
 
 
-class GatewaySettings(AccessSettings, RequestLimitSettings):
-    """Backend addresses, timeouts, connection pool, access and upload limits of the gateway."""
+class GatewaySettings(AccessSettings, RequestLimitSettings, RedisSettings):
+    """Backend addresses, timeouts, connection pool, access and upload limits of the gateway.
+
+    The Redis, rate-limit and cache settings come from RedisSettings.
+    """
 
     model_config = SettingsConfigDict(env_prefix="VS_GATEWAY_", extra="ignore", frozen=True)
 
