@@ -1,13 +1,16 @@
 """Sampling profiles of running servers with py-spy, summarized as the hottest functions.
 
 `py-spy record --format raw` writes collapsed stacks, one line per distinct
-stack: `frame;frame;...;leaf COUNT`. The summary counts, for each function,
-the samples where it is the leaf (self) and where it is anywhere on the stack
+stack: `frame;frame;...;leaf COUNT`, each frame `function (file:line)`. The
+summary counts, per function with the line number dropped, the samples where
+it is the leaf (self), and for the project's own functions (files under
+`services/` and `bench/`) the samples where it is anywhere on the stack
 (total). py-spy skips idle threads by default, so the counts are of busy time.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -19,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 TOP_FUNCTIONS = 15
+_LINE_NUMBER = re.compile(r":\d+\)$")
+_PROJECT_PREFIXES = ("services/", "bench/")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The hottest functions of one process, by self and by total samples."""
+    """The hottest functions of one process: any by self samples, the project's by total."""
 
     process: str
     samples: int
@@ -57,11 +62,12 @@ def summarize_collapsed(process: str, path: Path) -> Profile:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = stack.split(";")
+        frames = [_LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
         samples += count
         self_counts[frames[-1]] += count
         for frame in set(frames):
-            total_counts[frame] += count
+            if _is_project_frame(frame):
+                total_counts[frame] += count
     return Profile(
         process=process,
         samples=samples,
@@ -69,6 +75,11 @@ def summarize_collapsed(process: str, path: Path) -> Profile:
         top_self=self_counts.most_common(TOP_FUNCTIONS),
         top_total=total_counts.most_common(TOP_FUNCTIONS),
     )
+
+
+def _is_project_frame(frame: str) -> bool:
+    _, _, location = frame.rpartition("(")
+    return location.startswith(_PROJECT_PREFIXES)
 
 
 @contextmanager
