@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 MODELS ?= models
 
 # Nothing we run may reach for the internet: ultralytics resolves public DNS
-# names at import and sends usage events unless told otherwise.
+# names at import and sends usage events unless told otherwise, and
+# onnxruntime 1.29 and later start a telemetry uploader on Linux.
 export YOLO_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
+export ORT_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install models demo test lint clean bench-bentoml-venv

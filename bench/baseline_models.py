@@ -1,10 +1,11 @@
 """Model code of the comparison servers: a decoded image in, a JSON-ready result out.
 
-The naive FastAPI baseline and the BentoML service both call `BaselineModel`,
-so they run the same ONNX file with the same preprocessing as the VisionServe
-services (`preprocess` for classification, `letterbox_tensor` for detection)
-and the same postprocessing (softmax and top-k, or NMS). What differs between
-them, and from VisionServe, is the HTTP layer and how the upload is decoded.
+The naive FastAPI baseline and the BentoML service both call `BaselineModel`.
+So they run the same ONNX file with the same preprocessing as the VisionServe
+services: `preprocess` for classification, `letterbox_tensor` for detection.
+Postprocessing is the services' too (softmax and top-k, or NMS). What differs
+between them, and from VisionServe, is the HTTP layer and how the upload is
+decoded.
 """
 
 from __future__ import annotations

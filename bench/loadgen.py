@@ -33,7 +33,7 @@ import httpx
 
 from scripts.local_stack import ROOT
 
-# The longest body kept from a failed request, to show why it failed.
+# Maximum characters of a failed response body kept in the result, to show why it failed.
 _ERROR_SNIPPET_CHARS = 300
 
 
@@ -52,7 +52,7 @@ class LoadSpec:
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What the load generator measured in the window after the warm-up."""
+    """Measurements of the window after the warm-up."""
 
     latencies_ms: list[float]
     window_seconds: float
@@ -129,7 +129,7 @@ async def _send_until(
 
 
 async def generate_load(spec: LoadSpec) -> dict[str, Any]:
-    """Send requests as `spec` says and return the measured window as a JSON-ready dict."""
+    """Send requests as `spec` describes and return the measured window as a JSON-ready dict."""
     bodies = itertools.cycle([(path.name, path.read_bytes()) for path in spec.images])
     limits = httpx.Limits(
         max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency

@@ -4,11 +4,11 @@
     BENCH_DETECTOR_MODEL=digits-yolov8n \\
         uvicorn bench.naive_app:create_app --factory --port 8010
 
-It is what a first version of a model server often looks like: the upload is
-a FastAPI `UploadFile`, Pillow decodes it at full size, and a synchronous
-route runs preprocessing and `session.run` in FastAPI's thread pool, one
-request per run. It validates nothing, so a bad upload gives FastAPI's 500.
-It exists only as a speed reference for `python -m bench.serving`.
+It is written the way a first model server often is. The upload is a FastAPI
+`UploadFile` and Pillow decodes it at full size. A synchronous route runs
+preprocessing and `session.run` in FastAPI's thread pool, one request per
+run. It validates nothing, so a bad upload gives FastAPI's 500. It exists only
+as a speed reference for `python -m bench.serving`.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """A target of the brief: the measured ratio, its bound and whether it was met."""
+    """A speed target: the measured ratio, its bound and whether it was met."""
 
     name: str
     measured: float | None

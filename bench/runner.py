@@ -236,7 +236,7 @@ class Runner:
                 logger.info("py-spy %s (%d samples), hottest: %s", name, profile.samples, hottest)
 
     def batching_setting_present(self) -> dict[str, bool]:
-        """Report whether this build's settings know the batching switch the harness sets."""
+        """Report whether this build's settings define the batching switch the harness sets."""
         return {
             "classifier": "batching_enabled" in ClassifierSettings.model_fields,
             "detector": "batching_enabled" in DetectorSettings.model_fields,

@@ -32,8 +32,9 @@ GATEWAY_APP = "services.gateway.app:create_app"
 NAIVE_APP = "bench.naive_app:create_app"
 BENTOML_SERVICE = "bench.bentoml_service:VisionBento"
 NETGUARD_DIR = ROOT / "bench" / "netguard"
-# Offline for every child: ultralytics and Hugging Face clients look for the network otherwise.
-OFFLINE_ENV = {"YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+# Offline for every child: ultralytics and Hugging Face clients look for the network
+# otherwise, and onnxruntime starts its telemetry uploader.
+OFFLINE_ENV = {"YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "ORT_DISABLE_TELEMETRY": "1"}
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,29 @@ def visionserve_stack(
         classifier = stack.enter_context(
             running_server(
                 CLASSIFIER_APP,
-                {"VS_CLASSIFIER_MODEL_REPOSITORY": models, "VS_CLASSIFIER_BATCHING_ENABLED": flag},
+                {
+                    "VS_CLASSIFIER_MODEL_REPOSITORY": models,
+                    "VS_CLASSIFIER_BATCHING_ENABLED": flag,
+                    **OFFLINE_ENV,
+                },
                 log_dir,
             )
         )
         detector = stack.enter_context(
             running_server(
                 DETECTOR_APP,
-                {"VS_DETECTOR_MODEL_REPOSITORY": models, "VS_DETECTOR_BATCHING_ENABLED": flag},
+                {
+                    "VS_DETECTOR_MODEL_REPOSITORY": models,
+                    "VS_DETECTOR_BATCHING_ENABLED": flag,
+                    **OFFLINE_ENV,
+                },
                 log_dir,
             )
         )
         gateway_env = {
             "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
             "VS_GATEWAY_DETECTOR_URL": detector.url,
+            **OFFLINE_ENV,
         }
         gateway = stack.enter_context(running_server(GATEWAY_APP, gateway_env, log_dir))
         yield {"classifier": classifier, "detector": detector, "gateway": gateway}
@@ -168,7 +178,10 @@ def bentoml_command(venv: Path, port: int, trace_path: Path | None) -> list[str]
     if trace_path is None:
         return serve
     # --seccomp-bpf stops the traced processes only at connect(), so tracing costs little.
-    return ["strace", "-f", "--seccomp-bpf", "-e", "trace=connect", "-o", str(trace_path), *serve]
+    return [
+        "strace", "-f", "-tt", "--seccomp-bpf", "-e", "trace=connect",
+        "-o", str(trace_path), *serve,
+    ]  # fmt: skip
 
 
 @contextmanager

@@ -128,8 +128,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace) -> RunSettings:
-    warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0)
-    duration = args.duration if args.duration is not None else (3.0 if args.quick else 20.0)
+    warmup, duration = (1.0, 3.0) if args.quick else (5.0, 20.0)
+    if args.warmup is not None:
+        warmup = args.warmup
+    if args.duration is not None:
+        duration = args.duration
     if warmup < 0 or duration <= 0:
         raise SystemExit("--warmup must be at least 0 and --duration above 0")
     sizes = (workload.GRID_SIZE, LARGE_SIZE) if args.quick else workload.SWEEP_SIZES

@@ -3,9 +3,10 @@
 The photos ship inside installed packages (scikit-image's `skimage.data` and
 ultralytics' `assets/bus.jpg`), so nothing is downloaded and no image file is
 stored in the repository. Each photo is cropped to the aspect ratio of the
-target size and resized with Pillow's Lanczos filter, so a 4000x3000 image is
-an upscaled photo: it decodes like a 12-megapixel camera JPEG, but its file is
-smaller than a camera's because upscaling removes fine detail.
+target size and resized with Pillow's Lanczos filter. A 4000x3000 image is
+therefore an upscaled photo. It has the pixel count of a 12-megapixel camera
+JPEG, but its file is smaller than a camera's, because upscaling removes fine
+detail.
 """
 
 from __future__ import annotations
