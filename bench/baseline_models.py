@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnxruntime as ort
@@ -58,7 +58,7 @@ class BaselineModel:
     session: ort.InferenceSession
 
     @classmethod
-    def load(cls, version_dir: Path) -> BaselineModel:
+    def load(cls, version_dir: Path) -> Self:
         return cls(*open_session(version_dir))
 
     def run(self, tensor: np.ndarray) -> np.ndarray:

@@ -11,18 +11,15 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from bench.baseline_models import open_session
+from bench.baseline_models import BaselineModel
 from bench.stats import CellStats, summarize
 from bench.workload import BenchImage
 from services.common.imaging import decode_image
 from services.common.letterbox import letterbox_tensor
-from services.common.metadata import ModelMetadata
 from services.common.preprocess import draft_request, preprocess
 from services.common.settings import ModelServiceSettings
 
@@ -30,16 +27,8 @@ from services.common.settings import ModelServiceSettings
 MAX_PIXELS: int = ModelServiceSettings.model_fields["max_pixels"].default
 
 
-@dataclass
-class InProcessModel:
-    """One model version with its session, and the services' input preparation for its task."""
-
-    metadata: ModelMetadata
-    session: ort.InferenceSession
-
-    @classmethod
-    def load(cls, version_dir: Path) -> InProcessModel:
-        return cls(*open_session(version_dir))
+class InProcessModel(BaselineModel):
+    """A model with the services' own input preparation: bytes in, model output out."""
 
     def prepare(self, data: bytes) -> np.ndarray:
         """Decode and preprocess one image as the classifier or the detector service does."""
@@ -51,11 +40,6 @@ class InProcessModel:
             return tensor
         decoded = decode_image(data, max_pixels=MAX_PIXELS, draft_size=draft_request(spec))
         return preprocess(decoded.image, spec)
-
-    def run(self, tensor: np.ndarray) -> np.ndarray:
-        output_name = self.metadata.output_names[0]
-        (output,) = self.session.run([output_name], {self.metadata.input_name: tensor[np.newaxis]})
-        return np.asarray(output)
 
     def process(self, data: bytes) -> np.ndarray:
         return self.run(self.prepare(data))

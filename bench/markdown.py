@@ -51,7 +51,7 @@ def cells_table(cells: list[dict[str, Any]]) -> str:
 def targets_table(targets: list[dict[str, Any]]) -> str:
     lines = ["| target | measured | bound | met |", "| --- | --- | --- | --- |"]
     for check in targets:
-        measured = "-" if check["measured"] is None else f"{check['measured']:.2f}"
+        measured = "-" if check["measured"] is None else f"{check['measured']:.3f}"
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
         lines.append(f"| {check['name']} | {measured} | {check['target']} | {met} |")
     return "\n".join(lines)

@@ -183,7 +183,7 @@ def format_targets(checks: list[TargetCheck]) -> str:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[check.met]
         relation = ">=" if check.at_least else "<="
         lines.append(
-            f"{verdict:<12} {check.name}: {_number(check.measured, 2)} ({relation} {check.bound})"
+            f"{verdict:<12} {check.name}: {_number(check.measured, 3)} ({relation} {check.bound})"
         )
     return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from typing import Any
 from bench import environment, workload
 from bench.baseline_models import live_version_dir
 from bench.limit import measure_limit
+from bench.profiling import py_spy_path
 from bench.report import (
     BENTOML,
     GATEWAY,
@@ -55,6 +56,8 @@ TARGET_CHOICES = (LIMIT, "visionserve", NAIVE, BENTOML)
 TASK_CHOICES = ("classify", "detect")
 DEFAULT_BENTOML_VENV = Path("bench/.venv-bentoml")
 LARGE_SIZE = (4000, 3000)
+# Maximum characters of a start-up failure (it ends with the server's log) kept in the JSON.
+_ERROR_TAIL_CHARS = 2000
 
 
 def comma_list(choices: tuple[str, ...]) -> Any:
@@ -179,15 +182,23 @@ def run_baselines(runner: Runner, args: argparse.Namespace, models: ModelNames) 
         runner.skipped[BENTOML] = reason
         return
     logger.info("starting BentoML")
-    with bentoml_server(args.bentoml_venv, args.repository, models, runner.log_dir) as server:
-        for task in runner.settings.tasks:
-            runner.run_grid(HttpTarget(BENTOML, server.url, versioned=False), task)
+    try:
+        with bentoml_server(args.bentoml_venv, args.repository, models, runner.log_dir) as server:
+            for task in runner.settings.tasks:
+                runner.run_grid(HttpTarget(BENTOML, server.url, versioned=False), task)
+    except (RuntimeError, TimeoutError) as error:
+        # The other rows are still worth reporting, so the run goes on without BentoML's.
+        logger.error("BentoML failed, its remaining rows are skipped: %s", error)
+        runner.skipped[BENTOML] = f"failed: {str(error)[-_ERROR_TAIL_CHARS:]}"
+        return
     runner.network[BENTOML] = server.outside_connections()
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     settings = resolve_settings(args)
+    if args.profile and py_spy_path() is None:
+        raise SystemExit("--profile needs py-spy; install it with `pip install py-spy`")
     models = ModelNames(classifier=args.classifier_model, detector=args.detector_model)
     version_dirs = {
         "classify": live_version_dir(args.repository, models.classifier),
