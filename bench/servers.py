@@ -138,9 +138,14 @@ class BentoServer(Server):
         self.wait_ready(ready_path, timeout)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        # The group outlives its leader while a worker still runs, so it is signalled
+        # even when strace or `bentoml serve` has already exited.
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
