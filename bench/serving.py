@@ -87,6 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--repository", type=Path, default=Path("models"), help="model repository")
     add("--classifier-model", default="imagenet-efficientnet-lite0", help="classification model")
     add("--detector-model", default="digits-yolov8n", help="detection model")
+
+    # What runs: the rows of the grid.
     add(
         "--targets",
         type=comma_list(TARGET_CHOICES),
@@ -111,6 +113,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[1, 8, 32],
         help="requests in flight per cell, comma-separated (default: 1,8,32)",
     )
+
+    # How long each cell runs, and the extras.
     add("--warmup", type=float, default=None, help="unmeasured seconds per cell (5; quick: 1)")
     add("--duration", type=float, default=None, help="measured seconds per cell (20; quick: 3)")
     add("--quick", action="store_true", help="short cells and two sweep sizes, for a smoke run")
@@ -127,7 +131,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help=f"virtualenv with BentoML (default: {DEFAULT_BENTOML_VENV})",
     )
     add("--output", type=Path, default=Path("runs/bench/serving.json"), help="JSON result file")
-    return parser  # fmt: skip
+    return parser
 
 
 def resolve_settings(args: argparse.Namespace) -> RunSettings:

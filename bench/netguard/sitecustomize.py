@@ -24,7 +24,7 @@ from typing import Any
 _LOG_VARIABLE = "BENCH_NETGUARD_LOG"
 # getaddrinfo(None, port) and "" resolve a local bind address, never a remote host.
 # Host names, "localhost" included, are rejected, because whether glibc answers
-# them from /etc/hosts or asks a DNS server depends on the machine.
+# them from /etc/hosts or queries a DNS server depends on the machine.
 _LOCAL_NAMES = frozenset({"", "0.0.0.0", "::"})
 
 
