@@ -8,12 +8,14 @@ BIN := $(VENV)/bin
 MODELS ?= models
 
 # Nothing we run may reach for the internet: ultralytics resolves public DNS
-# names at import and sends usage events unless told otherwise.
+# names at import and sends usage events unless told otherwise, and
+# onnxruntime 1.29 and later start a telemetry uploader on Linux.
 export YOLO_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
+export ORT_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install models demo test lint clean
+.PHONY: install models demo test lint clean bench-bentoml-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +42,21 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services training scripts
+	$(BIN)/mypy services training scripts bench
+
+# BentoML for `python -m bench.serving` lives in its own virtualenv, so that
+# its dependency pins never touch .venv. It gets the serving extra and no torch.
+BENTOML_VENV := bench/.venv-bentoml
+BENTOML_VERSION ?= 1.4.40
+
+$(BENTOML_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENTOML_VENV)
+	$(BENTOML_VENV)/bin/pip install "bentoml==$(BENTOML_VERSION)" -e ".[serve]"
+	@if $(BENTOML_VENV)/bin/pip show torch > /dev/null 2>&1; then \
+		echo "torch was installed into $(BENTOML_VENV); it must not be" >&2; exit 1; fi
+	touch $@
+
+bench-bentoml-venv: $(BENTOML_VENV)/.installed
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENTOML_VENV) runs .pytest_cache .mypy_cache .ruff_cache
