@@ -9,7 +9,7 @@ MODELS ?= models
 
 # Nothing we run may reach for the internet: ultralytics resolves public DNS
 # names at import and sends usage events unless told otherwise, and
-# onnxruntime 1.29 and later start a telemetry uploader on Linux.
+# onnxruntime 1.32 on Linux starts a telemetry uploader unless this is set.
 export YOLO_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 export ORT_DISABLE_TELEMETRY := 1

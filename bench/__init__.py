@@ -2,7 +2,7 @@
 
 import os
 
-# onnxruntime 1.29 and later start a telemetry uploader on Linux that resolves
+# onnxruntime 1.32 on Linux starts a telemetry uploader that resolves
 # and contacts a Microsoft collector. The variable is read when onnxruntime is
 # imported, so it is set here, before any bench module imports it, and child
 # processes inherit it.

@@ -13,7 +13,7 @@ import pytest
 # reaches for the network.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# onnxruntime 1.29 and later otherwise start a telemetry uploader that contacts
+# onnxruntime 1.32 on Linux otherwise starts a telemetry uploader that contacts
 # a Microsoft collector. It reads the variable at import, and the services that
 # tests start inherit it.
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
