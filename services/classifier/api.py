@@ -24,7 +24,7 @@ from services.common.upload import read_image_body, read_image_files
 router = APIRouter()
 
 
-def get_ready_classifier(request: Request) -> Classifier:
+async def get_ready_classifier(request: Request) -> Classifier:
     service: ClassifierService = request.app.state.service
     return service.ready_pipeline()
 

@@ -21,7 +21,7 @@ from services.detector.service import DetectorService
 router = APIRouter()
 
 
-def get_ready_detector(request: Request) -> Detector:
+async def get_ready_detector(request: Request) -> Detector:
     service: DetectorService = request.app.state.service
     return service.ready_pipeline()
 
@@ -29,7 +29,7 @@ def get_ready_detector(request: Request) -> Detector:
 DetectorDep = Annotated[Detector, Depends(get_ready_detector)]
 
 
-def select_request(
+async def select_request(
     detector: DetectorDep,
     model: Annotated[
         str | None, Query(description="Model name. Defaults to the service's default model.")

@@ -27,22 +27,24 @@ from services.gateway.settings import GatewaySettings
 CLASSIFY_QUERY_PARAMETERS = frozenset({"model", "top_k"})
 
 
-def get_settings(request: Request) -> GatewaySettings:
+# The dependencies are coroutines: FastAPI runs a plain function in a worker
+# thread, a hand-off that costs more than these lookups.
+async def get_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_backends(request: Request) -> Backends:
+async def get_backends(request: Request) -> Backends:
     backends: Backends = request.app.state.backends
     return backends
 
 
-def get_readiness(request: Request) -> ReadinessMonitor:
+async def get_readiness(request: Request) -> ReadinessMonitor:
     readiness: ReadinessMonitor = request.app.state.readiness
     return readiness
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     metrics: GatewayMetrics = request.app.state.metrics
     return metrics
 

@@ -229,7 +229,7 @@ async def respond_with_cache(
     return response
 
 
-def get_response_cache(request: Request) -> ResponseCache:
+async def get_response_cache(request: Request) -> ResponseCache:
     cache: ResponseCache = request.app.state.response_cache
     return cache
 

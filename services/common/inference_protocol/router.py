@@ -45,11 +45,13 @@ def _service(request: Request) -> ProtocolService:
     return service
 
 
-def get_ready_pipeline(request: Request) -> ModelPipeline[Any]:
+# Dependencies are coroutines because FastAPI runs a plain function in a worker
+# thread, a hand-off that costs more than the lookup itself.
+async def get_ready_pipeline(request: Request) -> ModelPipeline[Any]:
     return _service(request).ready_pipeline()
 
 
-def get_adapter(request: Request) -> InferenceAdapter:
+async def get_adapter(request: Request) -> InferenceAdapter:
     adapter: InferenceAdapter = request.app.state.inference_adapter
     return adapter
 
@@ -156,7 +158,7 @@ def _model_readiness_response(request: Request, name: str, version: str | None) 
     not_ready = _readiness_response(request)
     if not_ready.status_code != 200:
         return not_ready
-    resolve_model(get_ready_pipeline(request), name, version)
+    resolve_model(_service(request).ready_pipeline(), name, version)
     return Response()
 
 
