@@ -13,6 +13,10 @@ import pytest
 # reaches for the network.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Gateways under test stop at SIGTERM without the production drain period, so
+# that every fixture teardown does not wait for it. The graceful-shutdown test
+# sets its own.
+os.environ.setdefault("VS_GATEWAY_SHUTDOWN_DRAIN_SECONDS", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,6 +20,7 @@ from services.gateway.openapi import (
 )
 from services.gateway.readiness import ReadinessMonitor
 from services.gateway.settings import GatewaySettings
+from services.gateway.shutdown import GracefulShutdown
 
 CLASSIFY_QUERY_PARAMETERS = frozenset({"model", "top_k"})
 
@@ -39,6 +40,11 @@ def get_readiness(request: Request) -> ReadinessMonitor:
     return readiness
 
 
+def get_shutdown(request: Request) -> GracefulShutdown:
+    shutdown: GracefulShutdown = request.app.state.shutdown
+    return shutdown
+
+
 def get_metrics(request: Request) -> GatewayMetrics:
     metrics: GatewayMetrics = request.app.state.metrics
     return metrics
@@ -48,6 +54,7 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 ReadinessDep = Annotated[ReadinessMonitor, Depends(get_readiness)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+ShutdownDep = Annotated[GracefulShutdown, Depends(get_shutdown)]
 
 router = APIRouter()
 
@@ -81,6 +88,8 @@ async def classify(
         content=body,
         content_type=request.headers.get("content-type"),
         params={name: value for name, value in params.items() if value is not None},
+        # Inference changes no state on the classifier, so a retried call is safe.
+        idempotent=True,
     )
     return JSONResponse(response.body, status_code=response.status_code)
 
@@ -101,10 +110,22 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get(
-    "/readyz", responses={503: {"model": ErrorResponse, "description": "A backend is not ready."}}
+    "/readyz",
+    responses={
+        503: {
+            "model": ErrorResponse,
+            "description": "A backend is not ready, or the gateway is shutting down.",
+        }
+    },
 )
-async def readyz(readiness: ReadinessDep) -> Response:
-    """Report ready only when every backend returns 200 on its own /readyz."""
+async def readyz(readiness: ReadinessDep, shutdown: ShutdownDep) -> Response:
+    """Report ready only when every backend returns 200 on its own /readyz.
+
+    Returns 503 from SIGTERM on, while the gateway drains before it stops.
+    """
+    if shutdown.draining:
+        message = "the gateway is shutting down; send requests to another instance"
+        return JSONResponse(error_body("shutting_down", message), status_code=503)
     problems = await readiness.find_unready_backends()
     if problems:
         # Returned, not raised, because the error handler would log every failed probe.

@@ -71,6 +71,8 @@ async def detect(request: Request, settings: SettingsDep, backends: BackendsDep)
         content=body,
         content_type=request.headers.get("content-type"),
         params=forwarded_parameters(request, DETECT_QUERY_PARAMETERS),
+        # Detection changes no state on the detector, so a retried call is safe.
+        idempotent=True,
     )
     return JSONResponse(response.body, status_code=response.status_code)
 
@@ -100,6 +102,7 @@ async def render(request: Request, settings: SettingsDep, backends: BackendsDep)
         content_type=request.headers.get("content-type"),
         params=forwarded_parameters(request, RENDER_QUERY_PARAMETERS),
         accept=request.headers.get("accept"),
+        idempotent=True,
     )
     return Response(response.content, media_type=response.content_type)
 

@@ -74,6 +74,12 @@ CLASSIFY_RESPONSE_DESCRIPTION = (
     "`timings_ms` per stage."
 )
 
+BATCH_RESPONSE_DESCRIPTION = (
+    "The classifier's response, unchanged: `model` (name, version), `results` (one entry "
+    "per image in request order: `index`, then `predictions` and `image`, or `error` for "
+    "an image that was rejected) and `timings_ms` of the whole batch."
+)
+
 DETECT_RESPONSE_DESCRIPTION = (
     "The detector's response, unchanged: `model` (name, version), `image` (width, height "
     "after the EXIF orientation), `detections` (label, class_id, score, box with x1, y1, "

@@ -8,13 +8,17 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.gateway.resilience_settings import ResilienceSettings
 
 MIB = 1024 * 1024
 
 
-class GatewaySettings(ServiceSettings):
-    """Backend addresses, timeouts, connection pool and upload limits of the gateway."""
+class GatewaySettings(ResilienceSettings):
+    """Backend addresses, timeouts, connection pool and upload limits of the gateway.
+
+    Retries, circuit breakers, per-backend overrides and shutdown come from
+    `ResilienceSettings`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="VS_GATEWAY_", extra="ignore", frozen=True)
 
@@ -81,15 +85,6 @@ class GatewaySettings(ServiceSettings):
             "request can be sent on a connection that the backend is closing."
         ),
     )
-    connect_retries: int = Field(
-        default=1,
-        ge=0,
-        le=5,
-        description=(
-            "Extra attempts after a refused or failed connection to a backend. Only "
-            "connection failures are retried, because the backend has then received nothing."
-        ),
-    )
 
     max_body_bytes: int = Field(
         default=20 * MIB,
@@ -147,14 +142,6 @@ class GatewaySettings(ServiceSettings):
                 f"exceed max_connections ({self.max_connections})"
             )
         return self
-
-    def backend_timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(
-            connect=self.connect_timeout_seconds,
-            read=self.read_timeout_seconds,
-            write=self.write_timeout_seconds,
-            pool=self.pool_timeout_seconds,
-        )
 
     def backend_limits(self) -> httpx.Limits:
         return httpx.Limits(
