@@ -17,9 +17,13 @@ from services.gateway.body import read_limited_body
 from services.gateway.openapi import (
     ANALYZE_RESPONSE_DESCRIPTION,
     DETECT_RESPONSE_DESCRIPTION,
-    IMAGE_UPLOAD_BODY,
+    DETECTOR_MODEL_PARAMETER,
+    DETECTOR_PARAMETERS,
+    FORMAT_PARAMETER,
+    MAX_DET_PARAMETER,
     RENDER_RESPONSE_DESCRIPTION,
     error_responses,
+    with_query_parameters,
 )
 from services.gateway.settings import GatewaySettings
 
@@ -53,7 +57,9 @@ async def read_for_detector(
 
 @router.post(
     "/v1/detect",
-    openapi_extra=IMAGE_UPLOAD_BODY,
+    openapi_extra=with_query_parameters(
+        DETECTOR_MODEL_PARAMETER, *DETECTOR_PARAMETERS, MAX_DET_PARAMETER
+    ),
     responses={
         200: {"description": DETECT_RESPONSE_DESCRIPTION},
         **error_responses(400, 404, 413, 415, 422, 502, 503, 504),
@@ -62,8 +68,7 @@ async def read_for_detector(
 async def detect(request: Request, settings: SettingsDep, backends: BackendsDep) -> JSONResponse:
     """Detect objects in one image with the detector service.
 
-    Query parameters model, conf, iou, max_det, classes and agnostic_nms are
-    forwarded unchanged. The detector documents them.
+    The query parameters are forwarded unchanged, and the detector validates them.
     """
     detector, body = await read_for_detector(request, settings, backends, DETECT_QUERY_PARAMETERS)
     response = await detector.post(
@@ -79,7 +84,9 @@ async def detect(request: Request, settings: SettingsDep, backends: BackendsDep)
 
 @router.post(
     "/v1/detect/render",
-    openapi_extra=IMAGE_UPLOAD_BODY,
+    openapi_extra=with_query_parameters(
+        DETECTOR_MODEL_PARAMETER, *DETECTOR_PARAMETERS, MAX_DET_PARAMETER, FORMAT_PARAMETER
+    ),
     response_class=Response,
     responses={
         200: {
@@ -109,7 +116,8 @@ async def render(request: Request, settings: SettingsDep, backends: BackendsDep)
 
 @router.post(
     "/v1/analyze",
-    openapi_extra=IMAGE_UPLOAD_BODY,
+    # max_det is in the signature, because the gateway checks it on this route.
+    openapi_extra=with_query_parameters(DETECTOR_MODEL_PARAMETER, *DETECTOR_PARAMETERS),
     responses={
         200: {"description": ANALYZE_RESPONSE_DESCRIPTION},
         **error_responses(400, 404, 413, 415, 422, 502, 503, 504),
