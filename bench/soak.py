@@ -9,7 +9,7 @@ and analyze, in turn, with JPEG and PNG images of sizes from 64x48 to
 1920x1080 built in memory. Every `--sample-seconds` it reads the resident
 memory (VmRSS in /proc/<pid>/status) of each service process.
 
-It prints, and writes to `--output` as JSON, the answers by status, and the
+It prints, and writes to `--output` as JSON, the responses by status, and the
 RSS of each service at the start, after the first `--warmup-requests`
 requests, and at the end. The run passes when no request failed and no
 service grew by `--max-growth-mb` or more after the warm-up; the exit code is
@@ -132,7 +132,7 @@ class MemoryLog:
 
 
 class Load:
-    """Sends the requests and counts the answers by route and status."""
+    """Sends the requests and counts the responses by route and status."""
 
     def __init__(self, gateway_url: str, args: argparse.Namespace) -> None:
         self._url = gateway_url
@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.concurrency < 1:
         raise SystemExit("--requests and --concurrency must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # httpx logs every request at INFO, which would bury the report.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     with (
         tempfile.TemporaryDirectory() as log_dir,
         services(args.repository, Path(log_dir)) as running,

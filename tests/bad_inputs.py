@@ -1,4 +1,4 @@
-"""A corpus of hostile and unusual uploads, with the answer each gateway route must give.
+"""A corpus of hostile and unusual uploads, with the response each gateway route must return.
 
 Every input is built in memory, so no binary file is stored in the repository.
 `test_bad_inputs.py` sends each case to every route of a real gateway in front
@@ -49,7 +49,7 @@ EXIF_STORED_SIZE = (40, 20)
 
 @dataclass(frozen=True)
 class Expected:
-    """The answer a route must give: status, error code and a fragment of the message.
+    """The response a route must return: status, error code and a fragment of the message.
 
     On /v1/classify/batch an image that fails to decode does not fail the
     request: `entry` marks an expectation about the image's entry in a 200
@@ -65,7 +65,7 @@ class Expected:
 
 @dataclass(frozen=True)
 class Case:
-    """One bad or unusual input and the answer of each route to it."""
+    """One bad or unusual input and the response each route must return."""
 
     name: str
     description: str
@@ -89,7 +89,7 @@ def every_route(expected: Expected, **overrides: Expected) -> dict[str, Expected
 
 
 def image_rejected(status: int, code: str, fragment: str) -> dict[str, Expected]:
-    """The answer to an image that every route rejects; the batch rejects only its entry."""
+    """Return the responses to an image that every route rejects; the batch rejects only its entry."""
     return every_route(
         Expected(status, code, fragment),
         classify_batch=Expected(200, code, fragment, entry=True),
@@ -527,7 +527,7 @@ def main() -> int:
         1 for case in cases for route in ROUTES
         if mismatches(case.expected[route], results[(case.name, route)])
     )  # fmt: skip
-    print(f"\n{len(results) - failed} of {len(results)} answers as expected", file=sys.stderr)
+    print(f"\n{len(results) - failed} of {len(results)} responses as expected", file=sys.stderr)
     return 1 if failed else 0
 
 

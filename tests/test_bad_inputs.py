@@ -1,7 +1,7 @@
 """Every case of the bad-input corpus, on every route of a real gateway and real model services.
 
 The classifier and the detector serve the tiny colour models; `tests.bad_inputs`
-holds the cases and the answer each route must give.
+contains the cases and the response each route must return.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def test_classifier_killed_and_restarted(tmp_path: Path) -> None:
             wait_for(lambda: any(code == "circuit_open" for _, code, _ in result.answers))
             wait_for(lambda: len(result.answers) >= killed_at + 12)
             # Requests in flight at the kill may end in 502 (connection dropped);
-            # from the first answer after it on, the gateway answers 503.
+            # every later request gets 503 from the gateway.
             after_kill = answers_since(result, killed_at + 2)
             assert after_kill
             assert {status for status, _, _ in after_kill} == {503}
@@ -173,7 +173,7 @@ def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
     labels = [label for _, _, label in result.answers]
     assert labels[0] == "red"
     assert labels[-1] == "red-v2"
-    # Once a request is answered by version 2, no later request is answered by version 1.
+    # Once version 2 returns a response, no later response comes from version 1.
     first_v2 = labels.index("red-v2")
     assert set(labels[first_v2:]) == {"red-v2"}
     assert retried == 0

@@ -28,7 +28,7 @@ class RetryPolicy:
     def delay(self, retry: int, retry_after: float | None) -> float | None:
         """Return the wait before retry `retry`, or None when the call must not be retried.
 
-        A backend's Retry-After is honoured as a lower bound. When it asks for
+        A backend's Retry-After is honoured as a lower bound. When it requests
         more than `max_delay_seconds`, the client is better served by getting
         the 503 and that Retry-After at once.
         """
@@ -43,9 +43,9 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Return the seconds that a Retry-After header asks to wait, or None if it is unusable.
+    """Return the wait in seconds that a Retry-After header requests, or None if it is unusable.
 
-    The header holds either delay-seconds or an HTTP date (RFC 9110, section 10.2.3).
+    The header contains either delay-seconds or an HTTP date (RFC 9110, section 10.2.3).
     """
     if value is None:
         return None
