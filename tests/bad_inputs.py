@@ -89,7 +89,7 @@ def every_route(expected: Expected, **overrides: Expected) -> dict[str, Expected
 
 
 def image_rejected(status: int, code: str, fragment: str) -> dict[str, Expected]:
-    """Return the responses to an image that every route rejects; the batch rejects only its entry."""
+    """Return the responses to an image that every route rejects (on the batch, its entry)."""
     return every_route(
         Expected(status, code, fragment),
         classify_batch=Expected(200, code, fragment, entry=True),

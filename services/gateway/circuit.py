@@ -121,7 +121,7 @@ class CircuitBreaker:
             self._open(reason, retry_after)
 
     def release(self, probe: bool) -> None:
-        """End a call whose outcome tells nothing about the backend health, such as a cancelled one."""
+        """End a call whose outcome shows nothing about the backend, such as a cancelled one."""
         if probe:
             self._probe_in_flight = False
 
