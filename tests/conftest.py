@@ -17,6 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # a Microsoft collector. It reads the variable at import, and the services that
 # tests start inherit it.
 os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+# Gateways under test stop at SIGTERM without the production drain period, so
+# that every fixture teardown does not wait for it. The graceful-shutdown test
+# sets its own.
+os.environ.setdefault("VS_GATEWAY_SHUTDOWN_DRAIN_SECONDS", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 

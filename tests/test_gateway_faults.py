@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from services.gateway.backend_policy import backend_policy
 from services.gateway.settings import GatewaySettings
 from tests.servers import GATEWAY_OPEN_ACCESS_ENV, Server, free_port, running_server
 
@@ -227,7 +228,7 @@ def test_settings_defaults() -> None:
 
     assert settings.classifier_url == "http://127.0.0.1:8001"
     assert settings.max_body_bytes == 20 * 1024 * 1024
-    assert settings.backend_timeout().read == settings.read_timeout_seconds
+    assert backend_policy(settings, "classifier").timeout.read == settings.read_timeout_seconds
 
 
 @pytest.mark.parametrize(
@@ -245,7 +246,14 @@ def test_settings_defaults() -> None:
         ("max_connections", 0),
         ("max_keepalive_connections", 101),
         ("max_body_bytes", 0),
-        ("connect_retries", -1),
+        ("retries", -1),
+        ("retries", 6),
+        ("circuit_failure_ratio", 0),
+        ("circuit_open_seconds", 0),
+        ("shutdown_drain_seconds", -1),
+        ("backend_overrides", {"classifer": {"retries": 1}}),
+        ("backend_overrides", {"detector": {"read_timeout": 5}}),
+        ("backend_overrides", {"detector": {"read_timeout_seconds": 0}}),
     ],
 )
 def test_settings_reject_invalid_value(field: str, value: object) -> None:

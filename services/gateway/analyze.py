@@ -121,6 +121,9 @@ async def _decode_and_detect(
             content=request.image,
             content_type="application/octet-stream",
             params=request.detector_params,
+            # Both calls of the pipeline are inference, which changes no state
+            # on a model service, so retrying them is safe.
+            idempotent=True,
         )
     )
     try:
@@ -151,7 +154,7 @@ async def _classify_crops(
         params["model"] = classifier_model
     try:
         response = await backends.classifier.post_files(
-            "/v1/classify/batch", field=FILE_FIELD, files=files, params=params
+            "/v1/classify/batch", field=FILE_FIELD, files=files, params=params, idempotent=True
         )
     except BackendRejected as error:
         if classifier_model is None and MODEL_REQUIRED in error.message:

@@ -23,6 +23,7 @@ from services.gateway.rate_limits import RATE_LIMITED
 from services.gateway.readiness import ReadinessMonitor
 from services.gateway.response_cache import ResponseCacheDep, respond_with_cache
 from services.gateway.settings import GatewaySettings
+from services.gateway.shutdown import GracefulShutdown
 
 CLASSIFY_QUERY_PARAMETERS = frozenset({"model", "top_k"})
 
@@ -44,6 +45,11 @@ async def get_readiness(request: Request) -> ReadinessMonitor:
     return readiness
 
 
+async def get_shutdown(request: Request) -> GracefulShutdown:
+    shutdown: GracefulShutdown = request.app.state.shutdown
+    return shutdown
+
+
 async def get_metrics(request: Request) -> GatewayMetrics:
     metrics: GatewayMetrics = request.app.state.metrics
     return metrics
@@ -53,6 +59,7 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 ReadinessDep = Annotated[ReadinessMonitor, Depends(get_readiness)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+ShutdownDep = Annotated[GracefulShutdown, Depends(get_shutdown)]
 
 router = APIRouter()
 
@@ -91,6 +98,8 @@ async def classify(
             content=body,
             content_type=content_type,
             params={name: value for name, value in params.items() if value is not None},
+            # Inference changes no state on the classifier, so a retried call is safe.
+            idempotent=True,
         )
         return response.body
 
@@ -113,10 +122,22 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get(
-    "/readyz", responses={503: {"model": ErrorResponse, "description": "A backend is not ready."}}
+    "/readyz",
+    responses={
+        503: {
+            "model": ErrorResponse,
+            "description": "A backend is not ready, or the gateway is shutting down.",
+        }
+    },
 )
-async def readyz(readiness: ReadinessDep) -> Response:
-    """Report ready only when every backend returns 200 on its own /readyz."""
+async def readyz(readiness: ReadinessDep, shutdown: ShutdownDep) -> Response:
+    """Report ready only when every backend returns 200 on its own /readyz.
+
+    Returns 503 from SIGTERM on, while the gateway drains before it stops.
+    """
+    if shutdown.draining:
+        message = "the gateway is shutting down; send requests to another instance"
+        return JSONResponse(error_body("shutting_down", message), status_code=503)
     problems = await readiness.find_unready_backends()
     if problems:
         # Returned, not raised, because the error handler would log every failed probe.

@@ -16,12 +16,16 @@ from services.gateway.admin_api import router as admin_router
 from services.gateway.api import router
 from services.gateway.auth import AccessControl, authenticate
 from services.gateway.backend import Backend, Backends
+from services.gateway.backend_policy import backend_policy
+from services.gateway.batch_api import router as batch_router
 from services.gateway.detection_api import router as detection_router
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.query_limits import limit_query_string
 from services.gateway.readiness import ReadinessMonitor
 from services.gateway.redis_app import install_redis_features, redis_lifespan
+from services.gateway.resilience_settings import BackendName
 from services.gateway.settings import GatewaySettings
+from services.gateway.shutdown import GracefulShutdown
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         backends = _create_backends(settings, metrics)
         app.state.backends = backends
         app.state.readiness = ReadinessMonitor(backends, settings.ready_timeout_seconds)
+        app.state.shutdown.install()
         logger.info(
             "gateway started",
             extra={
@@ -66,23 +71,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.access = access
+    app.state.shutdown = GracefulShutdown(settings.shutdown_drain_seconds)
     install_http_middleware(app, metrics)
     install_error_handlers(app)
     install_redis_features(app, metrics)
     app.include_router(router)
+    app.include_router(batch_router)
     app.include_router(detection_router)
     app.include_router(admin_router)
     return app
 
 
 def _create_backends(settings: GatewaySettings, metrics: GatewayMetrics) -> Backends:
-    def backend(name: str, url: str) -> Backend:
+    def backend(name: BackendName, url: str) -> Backend:
         return Backend(
             name,
             url,
-            timeout=settings.backend_timeout(),
+            policy=backend_policy(settings, name),
             limits=settings.backend_limits(),
-            connect_retries=settings.connect_retries,
             metrics=metrics,
         )
 

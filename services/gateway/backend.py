@@ -2,13 +2,12 @@
 
 `Backend` wraps one pooled `httpx.AsyncClient` per model service and raises every
 failure as a `ServiceError`, following the rules in `services.gateway.backend_errors`,
-so routes never handle httpx exceptions.
+so routes never handle httpx exceptions. Each call goes through the backend's
+circuit breaker and retry policy (`services.gateway.resilience`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,22 +15,18 @@ from typing import Any, NoReturn
 
 import httpx
 
-from services.common.errors import ServiceError, ServiceUnavailable
+from services.common.errors import ServiceUnavailable
 from services.common.logging import REQUEST_ID_HEADER, current_request_id
 from services.gateway.backend_errors import (
     BackendFailure,
-    describe,
     error_response_failure,
     invalid_body_failure,
     transport_failure,
 )
+from services.gateway.backend_policy import BackendPolicy
+from services.gateway.circuit import CircuitBreaker, CircuitState
 from services.gateway.metrics import GatewayMetrics
-
-logger = logging.getLogger(__name__)
-
-# Seconds before retry n is `n * CONNECT_RETRY_BACKOFF_SECONDS`. Short, because a
-# refused connection returns at once and the client is waiting.
-CONNECT_RETRY_BACKOFF_SECONDS = 0.1
+from services.gateway.resilience import CallFailed, ResilientCaller
 
 
 @dataclass(frozen=True)
@@ -72,20 +67,35 @@ class Backend:
         name: str,
         base_url: str,
         *,
-        timeout: httpx.Timeout,
+        policy: BackendPolicy,
         limits: httpx.Limits,
-        connect_retries: int,
         metrics: GatewayMetrics,
     ) -> None:
         self.name = name
         self.base_url = base_url
-        self._connect_retries = connect_retries
         self._metrics = metrics
         # trust_env=False: a proxy set in HTTP_PROXY for outbound traffic must not
         # capture calls to internal backends.
         self._client = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, limits=limits, trust_env=False
+            base_url=base_url, timeout=policy.timeout, limits=limits, trust_env=False
         )
+        state_gauge = metrics.circuit_state.labels(metrics.service, name)
+
+        def show_state(state: CircuitState) -> None:
+            state_gauge.set(int(state))
+
+        self._caller = ResilientCaller(
+            name,
+            base_url,
+            self._client.send,
+            retry=policy.retry,
+            circuit=CircuitBreaker(name, policy.circuit, on_state_change=show_state),
+            metrics=metrics,
+        )
+
+    @property
+    def circuit_state(self) -> CircuitState:
+        return self._caller.circuit.state
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -98,11 +108,18 @@ class Backend:
         content_type: str | None,
         params: Mapping[str, str] | httpx.QueryParams | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        idempotent: bool = False,
     ) -> BackendResponse:
-        """Send `content` with its content type and return the backend's 2xx response."""
+        """Send `content` with its content type and return the backend's 2xx response.
+
+        Only a call with `idempotent` set is retried. Leave it unset for calls
+        that change the backend's state, such as a model reload.
+        """
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(extra_headers or {})
-        response = await self._send("POST", path, content=content, headers=headers, params=params)
+        response = await self._send(
+            "POST", path, content=content, headers=headers, params=params, idempotent=idempotent
+        )
         return self._parse_success(response)
 
     async def post_files(
@@ -112,6 +129,7 @@ class Backend:
         field: str,
         files: list[FilePart],
         params: Mapping[str, str] | None = None,
+        idempotent: bool = False,
     ) -> BackendResponse:
         """Send `files` as a multipart form, each as the file field `field`."""
         form = httpx.Request(
@@ -121,7 +139,11 @@ class Backend:
         )
         content = form.read()
         return await self.post(
-            path, content=content, content_type=form.headers["Content-Type"], params=params
+            path,
+            content=content,
+            content_type=form.headers["Content-Type"],
+            params=params,
+            idempotent=idempotent,
         )
 
     async def post_for_content(
@@ -132,12 +154,15 @@ class Backend:
         content_type: str | None,
         params: Mapping[str, str] | httpx.QueryParams | None = None,
         accept: str | None = None,
+        idempotent: bool = False,
     ) -> RawBackendResponse:
         """Send `content` and return the backend's 2xx response body as bytes, unparsed."""
         headers = {"Content-Type": content_type} if content_type else {}
         if accept:
             headers["Accept"] = accept
-        response = await self._send("POST", path, content=content, headers=headers, params=params)
+        response = await self._send(
+            "POST", path, content=content, headers=headers, params=params, idempotent=idempotent
+        )
         self._check_success(response)
         return RawBackendResponse(
             status_code=response.status_code,
@@ -146,16 +171,20 @@ class Backend:
         )
 
     async def get(self, path: str) -> BackendResponse:
-        """Send a GET and return the backend's 2xx response."""
-        return self._parse_success(await self._send("GET", path))
+        """Send a GET, which HTTP defines as idempotent, and return the backend's 2xx response."""
+        return self._parse_success(await self._send("GET", path, idempotent=True))
 
     async def check_ready(self, timeout_seconds: float) -> str | None:
-        """Call the backend's /readyz and return None on 200, else why it is not ready."""
+        """Call the backend's /readyz and return None on 200, else why it is not ready.
+
+        The call bypasses the circuit breaker and is not retried, so that it
+        reports the backend's own state each time a probe asks.
+        """
+        request = self._build_request("GET", "/readyz", timeout=timeout_seconds)
         try:
-            # No retries: the probe that calls the gateway repeats the check anyway.
-            response = await self._send("GET", "/readyz", timeout=timeout_seconds, retries=0)
-        except ServiceError as error:
-            return error.message
+            response = await self._client.send(request)
+        except httpx.TransportError as error:
+            return transport_failure(self.name, self.base_url, error, request).error.message
         if response.status_code != 200:
             return (
                 f"{self.name} service at {self.base_url} returned {response.status_code} on /readyz"
@@ -167,18 +196,36 @@ class Backend:
         method: str,
         path: str,
         *,
+        idempotent: bool,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: Mapping[str, str] | httpx.QueryParams | None = None,
+    ) -> httpx.Response:
+        """Send one request through the circuit breaker and retries, mapping transport failures."""
+        request = self._build_request(method, path, content=content, headers=headers, params=params)
+        started = time.perf_counter()
+        try:
+            return await self._caller.call(request, idempotent=idempotent)
+        except CallFailed as failed:
+            self._raise(failed.failure, failed.__cause__)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.backend_latency.labels(self._metrics.service, self.name, path).observe(
+                elapsed
+            )
+
+    def _build_request(
+        self,
+        method: str,
+        path: str,
+        *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         params: Mapping[str, str] | httpx.QueryParams | None = None,
         timeout: float | None = None,
-        retries: int | None = None,
-    ) -> httpx.Response:
-        """Send one request, retrying failed connections, and map transport failures.
-
-        `timeout` replaces every phase of the client's timeout, and `retries`
-        defaults to the backend's `connect_retries`.
-        """
-        request = self._client.build_request(
+    ) -> httpx.Request:
+        """Build a request; `timeout` replaces every phase of the backend's timeout."""
+        return self._client.build_request(
             method,
             path,
             content=content,
@@ -186,37 +233,6 @@ class Backend:
             params=params,
             timeout=timeout if timeout is not None else self._client.timeout,
         )
-        started = time.perf_counter()
-        try:
-            return await self._send_with_retries(
-                request, self._connect_retries if retries is None else retries
-            )
-        except httpx.TransportError as error:
-            self._raise(transport_failure(self.name, self.base_url, error, request), error)
-        finally:
-            elapsed = time.perf_counter() - started
-            self._metrics.backend_latency.labels(self._metrics.service, self.name, path).observe(
-                elapsed
-            )
-
-    async def _send_with_retries(self, request: httpx.Request, retries: int) -> httpx.Response:
-        # Only ConnectError is retried: the backend has received nothing, so even a
-        # POST is safe to repeat. A ConnectTimeout is not retried because it has
-        # already spent the whole connect timeout.
-        for attempt in range(1, retries + 1):
-            try:
-                return await self._client.send(request)
-            except httpx.ConnectError as error:
-                logger.warning(
-                    "connection to the %s service failed, retrying (%d of %d): %s",
-                    self.name,
-                    attempt,
-                    retries,
-                    describe(error),
-                    extra={"backend": self.name, "url": str(request.url.copy_with(query=None))},
-                )
-                await asyncio.sleep(attempt * CONNECT_RETRY_BACKOFF_SECONDS)
-        return await self._client.send(request)
 
     def _check_success(self, response: httpx.Response) -> None:
         if not 200 <= response.status_code < 300:
@@ -230,7 +246,7 @@ class Backend:
             self._raise(invalid_body_failure(self.name, response), error)
         return BackendResponse(status_code=response.status_code, body=body)
 
-    def _raise(self, failure: BackendFailure, cause: Exception | None = None) -> NoReturn:
+    def _raise(self, failure: BackendFailure, cause: BaseException | None = None) -> NoReturn:
         self._metrics.backend_errors.labels(self._metrics.service, self.name, failure.kind).inc()
         raise failure.error from cause
 

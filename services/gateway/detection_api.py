@@ -17,9 +17,13 @@ from services.gateway.image_limits import check_declared_pixels, read_image_uplo
 from services.gateway.openapi import (
     ANALYZE_RESPONSE_DESCRIPTION,
     DETECT_RESPONSE_DESCRIPTION,
-    IMAGE_UPLOAD_BODY,
+    DETECTOR_MODEL_PARAMETER,
+    DETECTOR_PARAMETERS,
+    FORMAT_PARAMETER,
+    MAX_DET_PARAMETER,
     RENDER_RESPONSE_DESCRIPTION,
     error_responses,
+    with_query_parameters,
 )
 from services.gateway.rate_limits import RATE_LIMITED
 from services.gateway.response_cache import ResponseCacheDep, respond_with_cache
@@ -55,7 +59,9 @@ async def read_for_detector(
 
 @router.post(
     "/v1/detect",
-    openapi_extra=IMAGE_UPLOAD_BODY,
+    openapi_extra=with_query_parameters(
+        DETECTOR_MODEL_PARAMETER, *DETECTOR_PARAMETERS, MAX_DET_PARAMETER
+    ),
     dependencies=[RATE_LIMITED],
     responses={
         200: {"description": DETECT_RESPONSE_DESCRIPTION},
@@ -67,8 +73,7 @@ async def detect(
 ) -> Response:
     """Detect objects in one image with the detector service.
 
-    Query parameters model, conf, iou, max_det, classes and agnostic_nms are
-    forwarded unchanged. The detector documents them.
+    The query parameters are forwarded unchanged, and the detector validates them.
     """
     detector, body = await read_for_detector(request, settings, backends, DETECT_QUERY_PARAMETERS)
     content_type = request.headers.get("content-type")
@@ -77,7 +82,12 @@ async def detect(
 
     async def forward() -> Any:
         response = await detector.post(
-            "/v1/detect", content=body, content_type=content_type, params=params
+            "/v1/detect",
+            content=body,
+            content_type=content_type,
+            params=params,
+            # Detection changes no state on the detector, so a retried call is safe.
+            idempotent=True,
         )
         return response.body
 
@@ -86,7 +96,9 @@ async def detect(
 
 @router.post(
     "/v1/detect/render",
-    openapi_extra=IMAGE_UPLOAD_BODY,
+    openapi_extra=with_query_parameters(
+        DETECTOR_MODEL_PARAMETER, *DETECTOR_PARAMETERS, MAX_DET_PARAMETER, FORMAT_PARAMETER
+    ),
     response_class=Response,
     dependencies=[RATE_LIMITED],
     responses={
@@ -110,13 +122,15 @@ async def render(request: Request, settings: SettingsDep, backends: BackendsDep)
         content_type=request.headers.get("content-type"),
         params=forwarded_parameters(request, RENDER_QUERY_PARAMETERS),
         accept=request.headers.get("accept"),
+        idempotent=True,
     )
     return Response(response.content, media_type=response.content_type)
 
 
 @router.post(
     "/v1/analyze",
-    openapi_extra=IMAGE_UPLOAD_BODY,
+    # max_det is in the signature, because the gateway checks it on this route.
+    openapi_extra=with_query_parameters(DETECTOR_MODEL_PARAMETER, *DETECTOR_PARAMETERS),
     dependencies=[RATE_LIMITED],
     responses={
         200: {"description": ANALYZE_RESPONSE_DESCRIPTION},

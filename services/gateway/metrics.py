@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 
@@ -26,5 +26,20 @@ class GatewayMetrics(ServiceMetrics):
             "pool_timeout, timeout, connection_error, client_error (4xx passed through), "
             "server_error (5xx) or invalid_response (2xx body that is not JSON).",
             ["service", "backend", "kind"],
+            registry=self.registry,
+        )
+        self.backend_retries = Counter(
+            "visionserve_backend_retries_total",
+            "Repeated gateway calls to a backend, by backend and the reason for the retry: "
+            "connect_error or unavailable (a backend 503).",
+            ["service", "backend", "reason"],
+            registry=self.registry,
+        )
+        self.circuit_state = Gauge(
+            "visionserve_circuit_state",
+            "State of the circuit breaker of each backend: 0 closed, 1 half-open, 2 open. "
+            "Under several workers, the highest value of the live workers.",
+            ["service", "backend"],
+            multiprocess_mode="livemax",
             registry=self.registry,
         )

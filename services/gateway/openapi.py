@@ -71,10 +71,66 @@ IMAGE_UPLOAD_BODY: dict[str, Any] = {
     }
 }
 
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
+
+# The detection routes forward these parameters to the detector, which
+# validates them, so they are described here rather than in the signatures.
+DETECTOR_MODEL_PARAMETER = _query(
+    "model", {"type": "string"}, "Detector model name. Defaults to the detector's default model."
+)
+DETECTOR_PARAMETERS = [
+    _query("conf", _FRACTION, "Minimum class score, from 0 to 1. Defaults to the model's value."),
+    _query("iou", _FRACTION, "NMS IoU threshold, from 0 to 1. Defaults to the model's value."),
+    _query(
+        "classes",
+        {"type": "array", "items": {"type": "string"}},
+        "Class ids to keep, comma-separated or repeated. Default: all.",
+    ),
+    _query(
+        "agnostic_nms",
+        {"type": "boolean", "default": False},
+        "Suppress overlapping boxes across classes too.",
+    ),
+]
+MAX_DET_PARAMETER = _query(
+    "max_det",
+    {"type": "integer", "minimum": 1},
+    "Maximum detections, from 1 to the detector's max_det_limit setting. Defaults to the "
+    "model's value.",
+)
+FORMAT_PARAMETER = _query(
+    "format",
+    {"type": "string", "enum": ["jpeg", "png"]},
+    "Image format of the answer. Without it the Accept header decides, else JPEG.",
+)
+
+
+def with_query_parameters(*parameters: dict[str, Any]) -> dict[str, Any]:
+    """Return the `openapi_extra` of an image route that also takes `parameters`."""
+    return {**IMAGE_UPLOAD_BODY, "parameters": list(parameters)}
+
+
 CLASSIFY_RESPONSE_DESCRIPTION = (
     "The classifier's response, unchanged: `model` (name, version), `predictions` "
     "(label, class_id, probability; most probable first), `image` (width, height) and "
     "`timings_ms` per stage."
+)
+
+BATCH_RESPONSE_DESCRIPTION = (
+    "The classifier's response, unchanged: `model` (name, version), `results` (one entry "
+    "per image in request order: `index`, then `predictions` and `image`, or `error` for "
+    "an image that was rejected) and `timings_ms` of the whole batch."
 )
 
 DETECT_RESPONSE_DESCRIPTION = (

@@ -10,14 +10,16 @@ from pydantic_settings import SettingsConfigDict
 
 from services.gateway.access_settings import AccessSettings, RequestLimitSettings
 from services.gateway.redis_settings import RedisSettings
+from services.gateway.resilience_settings import ResilienceSettings
 
 MIB = 1024 * 1024
 
 
-class GatewaySettings(AccessSettings, RequestLimitSettings, RedisSettings):
+class GatewaySettings(ResilienceSettings, AccessSettings, RequestLimitSettings, RedisSettings):
     """Backend addresses, timeouts, connection pool, access and upload limits of the gateway.
 
-    The Redis, rate-limit and cache settings come from RedisSettings.
+    Retries, circuit breakers, per-backend overrides and shutdown come from
+    `ResilienceSettings`; the Redis, rate-limit and cache settings from `RedisSettings`.
     """
 
     model_config = SettingsConfigDict(env_prefix="VS_GATEWAY_", extra="ignore", frozen=True)
@@ -85,15 +87,6 @@ class GatewaySettings(AccessSettings, RequestLimitSettings, RedisSettings):
             "request can be sent on a connection that the backend is closing."
         ),
     )
-    connect_retries: int = Field(
-        default=1,
-        ge=0,
-        le=5,
-        description=(
-            "Extra attempts after a refused or failed connection to a backend. Only "
-            "connection failures are retried, because the backend has then received nothing."
-        ),
-    )
 
     max_body_bytes: int = Field(
         default=20 * MIB,
@@ -152,14 +145,6 @@ class GatewaySettings(AccessSettings, RequestLimitSettings, RedisSettings):
                 f"exceed max_connections ({self.max_connections})"
             )
         return self
-
-    def backend_timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(
-            connect=self.connect_timeout_seconds,
-            read=self.read_timeout_seconds,
-            write=self.write_timeout_seconds,
-            pool=self.pool_timeout_seconds,
-        )
 
     def backend_limits(self) -> httpx.Limits:
         return httpx.Limits(
