@@ -88,6 +88,8 @@ def local_stack(
             "VS_GATEWAY_CLASSIFIER_URL": servers["classifier"].url,
             "VS_GATEWAY_DETECTOR_URL": detector_url,
             **GATEWAY_OPEN_ACCESS_ENV,
+            # Nothing balances load onto this gateway, so there is nothing to drain at the end.
+            "VS_GATEWAY_SHUTDOWN_DRAIN_SECONDS": "0",
         }
         servers["gateway"] = stack.enter_context(
             running_server("services.gateway.app:create_app", gateway_env, log_dir)
