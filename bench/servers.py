@@ -24,7 +24,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.baseline_models import CLASSIFIER_VARIABLE, DETECTOR_VARIABLE, REPOSITORY_VARIABLE
-from scripts.local_stack import ROOT, Server, free_port, running_server
+from scripts.local_stack import GATEWAY_OPEN_ACCESS_ENV, ROOT, Server, free_port, running_server
 
 CLASSIFIER_APP = "services.classifier.app:create_app"
 DETECTOR_APP = "services.detector.app:create_app"
@@ -84,6 +84,9 @@ def visionserve_stack(
         gateway_env = {
             "VS_GATEWAY_CLASSIFIER_URL": classifier.url,
             "VS_GATEWAY_DETECTOR_URL": detector.url,
+            # The load generator sends no API key; a key check is one SHA-256 per request.
+            **GATEWAY_OPEN_ACCESS_ENV,
+            "VS_GATEWAY_SHUTDOWN_DRAIN_SECONDS": "0",
             **OFFLINE_ENV,
         }
         gateway = stack.enter_context(running_server(GATEWAY_APP, gateway_env, log_dir))

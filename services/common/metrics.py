@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import (
@@ -22,7 +21,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.datastructures import MutableHeaders
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.logging import REQUEST_ID_HEADER, reset_request_id, set_request_id
 from services.common.multiprocess_metrics import exposition_registry
@@ -165,35 +166,58 @@ def _client_fields(request: Request) -> dict[str, str]:
 
 def install_http_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Attach request ids, the request counter and latency histogram, and an access log line."""
+    app.add_middleware(RequestObserver, metrics=metrics)
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+
+class RequestObserver:
+    """ASGI middleware that gives each request its id and records it in metrics and the log.
+
+    A plain ASGI class rather than `@app.middleware("http")`: Starlette runs
+    those in a task of their own with memory streams between, which cost the
+    gateway about a third of its CPU time per request in a py-spy profile.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         request_id = _incoming_request_id(request)
         request.state.request_id = request_id
         token = set_request_id(request_id)
         started = time.perf_counter()
         status = 500
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers[REQUEST_ID_HEADER] = request_id
-            return response
+            await self.app(scope, receive, send_with_request_id)
         finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(request)
-            metrics.requests.labels(metrics.service, route, request.method, str(status)).inc()
-            metrics.request_latency.labels(metrics.service, route).observe(elapsed)
-            if route != "/metrics":
-                logger.info(
-                    "request finished",
-                    extra={
-                        "route": route,
-                        "method": request.method,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 2),
-                        **_client_fields(request),
-                    },
-                )
+            self._record(request, status, time.perf_counter() - started)
             reset_request_id(token)
+
+    def _record(self, request: Request, status: int, elapsed: float) -> None:
+        metrics = self.metrics
+        route = _route_template(request)
+        metrics.requests.labels(metrics.service, route, request.method, str(status)).inc()
+        metrics.request_latency.labels(metrics.service, route).observe(elapsed)
+        if route != "/metrics":
+            logger.info(
+                "request finished",
+                extra={
+                    "route": route,
+                    "method": request.method,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 2),
+                    **_client_fields(request),
+                },
+            )

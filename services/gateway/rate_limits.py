@@ -16,10 +16,11 @@ HTTP" (draft-ietf-httpapi-ratelimit-headers), and a 429 adds `Retry-After`.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.errors import ServiceUnavailable, TooManyRequests
 from services.gateway.auth import ANONYMOUS, ClientIdentity
@@ -143,12 +144,30 @@ def install_response_headers(app: FastAPI) -> None:
     Routes return their own Response objects, which FastAPI sends without the
     headers that dependencies set, so the rate-limit headers are added here.
     """
+    app.add_middleware(ResponseHeaders)
 
-    @app.middleware("http")
-    async def add_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        for name, value in getattr(request.state, "response_headers", {}).items():
-            response.headers.setdefault(name, value)
-        return response
+
+class ResponseHeaders:
+    """ASGI middleware that adds the headers in `request.state.response_headers` to the response.
+
+    A plain ASGI class, because `@app.middleware("http")` runs every request
+    through an extra task and memory streams.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra: dict[str, str] = scope.get("state", {}).get("response_headers", {})
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
