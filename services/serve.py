@@ -7,7 +7,9 @@ The launcher sets `VS_<SERVICE>_WORKERS` to the worker count, so that a model
 service divides the usable CPUs among its workers for its thread defaults.
 With several workers it also turns on prometheus_client's multiprocess mode:
 `PROMETHEUS_MULTIPROC_DIR` points at a folder that is emptied before the
-workers start, and `/metrics` reports the totals of all workers.
+workers start, and `/metrics` reports the totals of all workers. The launcher
+also caps glibc's malloc arenas at 2 (`MALLOC_ARENA_MAX`) unless the
+environment sets a value.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from services.detector.settings import DetectorSettings
 from services.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
+
+MALLOC_ARENA_VARIABLE = "MALLOC_ARENA_MAX"
+DEFAULT_MALLOC_ARENAS = "2"
 
 
 @dataclass(frozen=True)
@@ -149,5 +154,21 @@ def _metrics_directory(requested: Path | None, service: str) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def _exec_with_malloc_arena_cap() -> None:
+    """Run this command again with MALLOC_ARENA_MAX set, unless the environment sets it.
+
+    glibc reads the variable once, at process start, so it cannot be set from
+    inside. Without a cap, glibc gives threads that allocate at the same time
+    their own arenas and keeps the freed memory mapped; in a 20 000-request
+    soak run the gateway's memory settled 56 MiB higher than with 2 arenas
+    (docs/reliability.md).
+    """
+    if MALLOC_ARENA_VARIABLE in os.environ:
+        return
+    os.environ[MALLOC_ARENA_VARIABLE] = DEFAULT_MALLOC_ARENAS
+    os.execv(sys.executable, [sys.executable, "-m", "services.serve", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
+    _exec_with_malloc_arena_cap()
     sys.exit(main())
