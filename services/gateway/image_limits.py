@@ -20,6 +20,11 @@ from services.gateway.settings import GatewaySettings
 
 # The /v1 image routes take one image per request.
 SINGLE_IMAGE_FILES = 1
+# Bodies up to this size are checked on the event loop, because a worker-thread
+# hand-off costs more than parsing them: a 270 KiB form took 0.18 ms to check
+# on one core of the benchmark machine (docs/benchmarks.md), so 1 MiB blocks the
+# loop for under 1 ms.
+INLINE_CHECK_BYTES = 1024 * 1024
 
 
 async def read_image_upload(request: Request, settings: GatewaySettings) -> bytes:
@@ -31,8 +36,11 @@ async def read_image_upload(request: Request, settings: GatewaySettings) -> byte
     """
     body = await read_limited_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
-    # Parsing a 20 MiB form takes tens of milliseconds, too long for the event loop.
-    await anyio.to_thread.run_sync(_check_upload, body, content_type, settings.max_pixels)
+    if len(body) <= INLINE_CHECK_BYTES:
+        _check_upload(body, content_type, settings.max_pixels)
+    else:
+        # Parsing a 20 MiB form takes tens of milliseconds, too long for the event loop.
+        await anyio.to_thread.run_sync(_check_upload, body, content_type, settings.max_pixels)
     return body
 
 
