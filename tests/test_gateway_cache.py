@@ -28,7 +28,7 @@ from tests.onnx_models import (
     colour_metadata,
     write_model_version,
 )
-from tests.redis_servers import SHARED_REDIS_URL, shared_redis_prefix
+from tests.redis_servers import SHARED_REDIS_URL, private_redis, shared_redis_prefix
 from tests.scraping import metric
 from tests.servers import GATEWAY_OPEN_ACCESS_ENV, Server, running_server
 
@@ -349,3 +349,35 @@ def test_reload_never_serves_old_version_from_cache(tmp_path: Path) -> None:
     assert after[0].json()["predictions"][0]["label"] == "red-v2"
     assert after[1].headers["X-Cache"] == "hit"
     assert after[1].content == after[0].content
+
+
+def test_reload_waits_for_redis_to_take_the_new_version(tmp_path: Path) -> None:
+    repository = build_colour_repository(tmp_path / "models")
+    with private_redis(tmp_path) as redis_server:
+        env = {
+            **publishing("classifier", repository, "reload-outage", ADMIN_TOKEN=ADMIN_TOKEN),
+            "VS_CLASSIFIER_REDIS_URL": redis_server.url,
+        }
+        with running_server(CLASSIFIER_APP, env, tmp_path) as classifier:
+            write_model_version(repository, colour_classifier(), colour_metadata(version=2))
+            redis_server.stop()
+            refused = reload_classifier(classifier)
+            still_serving = post(classifier, "/v1/classify", solid_png(RED))
+
+            redis_server.start()
+            accepted = reload_classifier(classifier)
+
+    assert refused.status_code == 503
+    assert "cannot be published to Redis" in refused.json()["error"]["message"]
+    assert refused.headers["Retry-After"] == "5"
+    assert still_serving.json()["model"]["version"] == 1
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["version"] == 2
+
+
+def reload_classifier(classifier: Server) -> httpx.Response:
+    return httpx.post(
+        f"{classifier.url}/v1/models/{COLOUR_MODEL}/reload",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=60.0,
+    )

@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 RequestDefaults = Callable[[LoadedModel], Mapping[str, str]]
 
 
+class LiveVersionNotPublished(Exception):
+    """Redis did not take the record of a new live version, so the version must not go live."""
+
+
 class LiveVersionPublisher:
     """Writes `<prefix>:live:<service>:<model>` and `<prefix>:default:<service>` to Redis.
 
@@ -84,13 +88,24 @@ class LiveVersionPublisher:
     def publish_before_swap(self, model: LoadedModel) -> None:
         """Publish `model` as the live version of its name. Call it before it starts serving.
 
-        NOTE: when this write fails, the gateway may return responses of the
-        previous version that it cached until the next heartbeat succeeds, or
-        until the previous record expires after `ttl_seconds`.
+        Raises LiveVersionNotPublished when Redis does not take the write. The
+        reload must then not go ahead: the gateway would keep answering from
+        the previous version's cached responses until that record expires.
         """
         with self._lock:
+            previous = self._records.get(model.name)
             self._records[model.name] = self._record(model)
-            self._write()
+            if self._write():
+                return
+            if previous is None:
+                del self._records[model.name]
+            else:
+                self._records[model.name] = previous
+        raise LiveVersionNotPublished(
+            f"cannot publish version {model.version} of {model.name} to Redis at "
+            f"{redacted_redis_url(self._url)}, so it does not go live: the gateway's cache "
+            "would keep returning the previous version's answers; retry when Redis is reachable"
+        )
 
     def refresh(self) -> None:
         """Rewrite every record, renewing its TTL. Does nothing before the models load."""
@@ -110,7 +125,8 @@ class LiveVersionPublisher:
     def _record(self, model: LoadedModel) -> str:
         return LiveVersion(model.version, self._request_defaults(model)).to_json()
 
-    def _write(self) -> None:
+    def _write(self) -> bool:
+        """Write every record in one transaction; return False (and log) when Redis fails."""
         transaction = self._client.pipeline(transaction=True)
         for name, record in self._records.items():
             transaction.set(
@@ -125,13 +141,14 @@ class LiveVersionPublisher:
             transaction.execute()
         except redis.RedisError as error:
             self._log_failure(error)
-            return
+            return False
         if self._failing:
             self._failing = False
             logger.info(
                 "publishing live model versions to Redis works again",
                 extra={"redis_url": redacted_redis_url(self._url)},
             )
+        return True
 
     def _log_failure(self, error: redis.RedisError) -> None:
         # Logged once per outage, because the heartbeat retries every few seconds.

@@ -11,7 +11,8 @@ import logging
 import anyio
 import anyio.to_thread
 
-from services.common.errors import ModelRejected, ServiceError
+from services.common.errors import ModelRejected, ServiceError, ServiceUnavailable
+from services.common.live_versions import LiveVersionNotPublished
 from services.common.metrics import ServiceMetrics
 from services.common.prediction_metrics import record_live_models
 from services.common.readiness import Readiness
@@ -19,6 +20,9 @@ from services.common.repository import ModelRepository, ReloadOutcome
 from services.common.version_folders import ModelLoadError
 
 logger = logging.getLogger(__name__)
+
+# Seconds after which a reload that Redis prevented is worth another try.
+REDIS_RETRY_AFTER = 5
 
 
 class ModelReloader:
@@ -31,11 +35,21 @@ class ModelReloader:
     async def reload(self, name: str) -> ReloadOutcome:
         """Serve the version of `name` that should be live now, loading it in a worker thread.
 
-        Raises ModelNotFound (404) when `name` has no version folders and
-        ModelRejected (422) when the version cannot be served.
+        Raises ModelNotFound (404) when `name` has no version folders,
+        ModelRejected (422) when the version cannot be served, and
+        ServiceUnavailable (503) when the new live version cannot be published
+        to the Redis that the gateway's response cache reads.
         """
         try:
             outcome = await anyio.to_thread.run_sync(self._repository.reload, name)
+        except LiveVersionNotPublished as error:
+            self._metrics.reloads.labels(self._metrics.service, name, "failure").inc()
+            logger.error("%s", error, extra={"model": name})
+            raise ServiceUnavailable(
+                f"the new version of {name} cannot be published to Redis, so it does not go "
+                "live; retry when Redis is reachable (details in the service log)",
+                headers={"Retry-After": str(REDIS_RETRY_AFTER)},
+            ) from error
         except ModelLoadError as error:
             self._metrics.reloads.labels(self._metrics.service, name, "failure").inc()
             logger.error(
