@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,6 +155,19 @@ def access_records(server: Server, route: str) -> list[dict[str, Any]]:
     return records
 
 
+def wait_for_access_records(server: Server, route: str) -> list[dict[str, Any]]:
+    """Return the access records of `route`, waiting for the first one.
+
+    The access line is written after the response is sent, so a client can
+    read the log before the line arrives.
+    """
+    deadline = time.monotonic() + 10
+    while not (records := access_records(server, route)):
+        assert time.monotonic() < deadline, f"no access log line for {route}"
+        time.sleep(0.05)
+    return records
+
+
 @contextmanager
 def gateway_with(classifier: Server, tmp_path: Path, **settings: str) -> Iterator[Server]:
     """Run a second gateway in front of the module's classifier, with changed settings."""
@@ -227,13 +241,14 @@ def test_access_log_names_key_id_never_key(gateway: Server) -> None:
     assert classify(gateway, bearer(wrong_key)).status_code == 401
     assert reload(gateway, "classifier", COLOUR_MODEL, bearer(ADMIN_KEY)).status_code == 200
 
+    # The reload's line comes last, so once it is there the others are too.
+    reloads = wait_for_access_records(gateway, "/v1/admin/models/{service}/{name}/reload")
     log = gateway.log()
     for secret in (TEAM_A_KEY, TEAM_B_KEY, ADMIN_KEY, wrong_key, CLASSIFIER_TOKEN):
         assert secret not in log
     clients = [record.get("client_key_id") for record in access_records(gateway, "/v1/classify")]
     assert "team-a" in clients
     assert "team-b" in clients
-    reloads = access_records(gateway, "/v1/admin/models/{service}/{name}/reload")
     assert reloads[-1]["client_key_id"] == "admin"
     assert reloads[-1]["status"] == 200
 
