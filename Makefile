@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 # Each builder skips a model that already has a version. The detector trains
-# for 6 to 17 minutes on 2 CPU cores the first time, depending on the load.
+# for 4 to 17 minutes on 2 CPU cores the first time, depending on the load.
 models: install
 	$(BIN)/python -m training.classification.build_defaults --repository $(MODELS)
 	$(BIN)/python -m training.detection.build_default --repository $(MODELS)
