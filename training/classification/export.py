@@ -154,7 +154,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--version",
         type=int,
         default=None,
-        help="version number (default: one more than the newest existing version)",
+        help="version number; None means one more than the newest existing version",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     parser.add_argument(

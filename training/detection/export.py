@@ -251,7 +251,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")
     parser.add_argument("--name", default=DEFAULT_NAME, help="model name")
     parser.add_argument(
-        "--version", type=int, default=None, help="version (default: one more than the newest)"
+        "--version", type=int, default=None, help="version; None means one more than the newest"
     )
     parser.add_argument(
         "--opset", type=int, default=None, help="ONNX opset (default: ultralytics' choice)"
