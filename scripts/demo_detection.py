@@ -26,7 +26,7 @@ DETECTOR_MODEL = "digits-yolov8n"
 SCENES_SHOWN = 3
 # Share of the true digits in all saved held-out scenes that the detector must
 # find. The default detector found 0.83 of them in one measured build, so this only
-# catches a broken model or pipeline; mAP from the evaluation measures quality.
+# catches a broken model or pipeline. The evaluation's mAP measures quality.
 MIN_SCENE_RECALL = 0.7
 # Largest difference, in pixels, between boxes of the sideways portrait and its upright copy.
 MAX_ORIENTATION_DIFFERENCE = 0.01

@@ -159,7 +159,7 @@ def _exec_with_malloc_arena_cap() -> None:
 
     glibc reads the variable once, at process start, so it cannot be set from
     inside. Without a cap, glibc gives threads that allocate at the same time
-    their own arenas and keeps the freed memory mapped; in a 20 000-request
+    their own arenas and keeps the freed memory mapped. In a 20 000-request
     soak run the gateway's memory settled 56 MiB higher than with 2 arenas
     (docs/reliability.md).
     """

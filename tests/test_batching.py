@@ -85,7 +85,7 @@ async def test_concurrent_requests_run_as_one_batch(model: LoadedModel) -> None:
         np.testing.assert_allclose(run.output, expected[index : index + 1], rtol=1e-6, atol=1e-6)
 
 
-async def test_a_full_batch_runs_without_waiting_for_the_delay(model: LoadedModel) -> None:
+async def test_full_batch_skips_delay(model: LoadedModel) -> None:
     # A delay far longer than the test: only a full batch lets it finish in time.
     batcher = MicroBatcher(
         model, policy(max_batch_size=4, max_queue_delay_ms=1000.0 * 60), ServiceMetrics("test")
@@ -99,7 +99,7 @@ async def test_a_full_batch_runs_without_waiting_for_the_delay(model: LoadedMode
     assert {run.batch_size for run in runs} == {4}
 
 
-async def test_a_lone_request_runs_once_the_delay_has_passed(model: LoadedModel) -> None:
+async def test_lone_request_waits_for_delay(model: LoadedModel) -> None:
     delay_ms = 300.0
     batcher = MicroBatcher(model, policy(max_queue_delay_ms=delay_ms), ServiceMetrics("test"))
 
@@ -119,7 +119,8 @@ async def test_batches_never_exceed_max_batch_size(model: LoadedModel) -> None:
 
     assert max(run.batch_size for run in runs) == 3
     count, total = batch_sizes(metrics)
-    assert total == 7 and count >= 3
+    assert total == 7
+    assert count >= 3
     np.testing.assert_allclose(
         np.concatenate([run.output for run in runs]), model.run(inputs), rtol=1e-6, atol=1e-6
     )
@@ -165,7 +166,7 @@ async def test_full_queue_rejects_with_retry_after(model: LoadedModel) -> None:
     assert [run.batch_size for run in await asyncio.gather(*waiting)] == [2, 2]
 
 
-async def test_a_cancelled_request_leaves_the_batch(model: LoadedModel) -> None:
+async def test_cancelled_request_leaves_batch(model: LoadedModel) -> None:
     batcher = MicroBatcher(model, policy(max_queue_delay_ms=300.0), ServiceMetrics("test"))
     leaving = asyncio.create_task(batcher.submit(colour_rows(1, seed=1)))
     staying = asyncio.create_task(batcher.submit(colour_rows(1, seed=2)))
@@ -178,7 +179,7 @@ async def test_a_cancelled_request_leaves_the_batch(model: LoadedModel) -> None:
     assert leaving.cancelled()
 
 
-async def test_a_failing_batch_fails_its_requests_and_later_batches_run(model: LoadedModel) -> None:
+async def test_failing_batch_then_recovers(model: LoadedModel) -> None:
     batcher = MicroBatcher(model, policy(max_queue_delay_ms=100.0), ServiceMetrics("test"))
     wrong_shape = np.zeros((1, 3, INPUT_SIZE + 1, INPUT_SIZE + 1), dtype=np.float32)
 
@@ -212,7 +213,7 @@ def test_graph_with_fixed_batch_size_turns_batching_off(tmp_path: Path) -> None:
     assert not batch_policy(ModelServiceSettings(), fixed).enabled
 
 
-async def test_fixed_batch_graph_runs_multi_row_requests_row_by_row(tmp_path: Path) -> None:
+async def test_fixed_batch_graph_runs_rows_singly(tmp_path: Path) -> None:
     write_model_version(tmp_path, colour_classifier(batch_dim=1), colour_metadata())
     fixed = load_model(tmp_path)
     batcher = MicroBatcher(fixed, batch_policy(ModelServiceSettings(), fixed), ServiceMetrics("t"))

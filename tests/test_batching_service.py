@@ -62,7 +62,7 @@ def classifier(
         yield server
 
 
-def test_concurrent_requests_share_a_batch_and_a_bad_image_fails_alone(classifier: Server) -> None:
+def test_batch_isolates_bad_image(classifier: Server) -> None:
     runs_before = metric(classifier, "visionserve_batch_size_count", model=COLOUR_MODEL)
     rows_before = metric(classifier, "visionserve_batch_size_sum", model=COLOUR_MODEL)
     colours = {"red": RED, "green": GREEN, "blue": BLUE}
@@ -149,7 +149,7 @@ def test_invalid_batching_settings_stop_start_up(colour_repository: Path, tmp_pa
         pass
 
 
-def test_detector_batches_images_of_different_sizes_without_changing_boxes(
+def test_detector_batching_keeps_boxes(
     tmp_path: Path,
 ) -> None:
     repository = build_yolo_repository(tmp_path / "models", dynamic=True)

@@ -351,7 +351,7 @@ def test_reload_never_serves_old_version_from_cache(tmp_path: Path) -> None:
     assert after[1].content == after[0].content
 
 
-def test_reload_waits_for_redis_to_take_the_new_version(tmp_path: Path) -> None:
+def test_reload_needs_redis_publish(tmp_path: Path) -> None:
     repository = build_colour_repository(tmp_path / "models")
     with private_redis(tmp_path) as redis_server:
         env = {
@@ -361,15 +361,15 @@ def test_reload_waits_for_redis_to_take_the_new_version(tmp_path: Path) -> None:
         with running_server(CLASSIFIER_APP, env, tmp_path) as classifier:
             write_model_version(repository, colour_classifier(), colour_metadata(version=2))
             redis_server.stop()
-            refused = reload_classifier(classifier)
+            rejected = reload_classifier(classifier)
             still_serving = post(classifier, "/v1/classify", solid_png(RED))
 
             redis_server.start()
             accepted = reload_classifier(classifier)
 
-    assert refused.status_code == 503
-    assert "cannot be published to Redis" in refused.json()["error"]["message"]
-    assert refused.headers["Retry-After"] == "5"
+    assert rejected.status_code == 503
+    assert "cannot be published to Redis" in rejected.json()["error"]["message"]
+    assert rejected.headers["Retry-After"] == "5"
     assert still_serving.json()["model"]["version"] == 1
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["version"] == 2

@@ -212,9 +212,7 @@ def test_limiter_applies_tier_per_key(prefix: str) -> None:
     assert asyncio.run(scenario()) == [2, 4, 4, 2]
 
 
-def test_each_api_key_has_its_own_limit_by_tier(
-    classifier: Server, log_dir: Path, prefix: str
-) -> None:
+def test_rate_limit_per_key_tier(classifier: Server, log_dir: Path, prefix: str) -> None:
     keys = {
         "team-a": ("key-a-0123456789abcdef", "basic"),
         "team-b": ("key-b-0123456789abcdef", "pro"),

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 APP = "services.classifier.app:create_app"
 TOKEN = "reload-token-for-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-# Version 2 answers with these labels, so a response shows which version made it.
+# Version 2 returns these labels, so a response shows which version computed it.
 V2_LABELS = ("red-v2", "green-v2", "blue-v2")
 
 
@@ -90,7 +90,8 @@ def test_reload_swaps_in_the_new_version(server: Server, repository: Path) -> No
     assert body["model"] == {"name": COLOUR_MODEL, "version": 2}
     assert body["predictions"][0]["label"] == "red-v2"
     listed = httpx.get(f"{server.url}/v1/models").json()["models"][0]
-    assert listed["versions"] == [1, 2] and listed["live_version"] == 2
+    assert listed["versions"] == [1, 2]
+    assert listed["live_version"] == 2
     assert metric(server, "visionserve_model_info", model=COLOUR_MODEL, version="1") == 0
     assert metric(server, "visionserve_model_info", model=COLOUR_MODEL, version="2") == 1
     assert metric(server, "visionserve_model_reloads_total", result="success") == 1
@@ -148,9 +149,7 @@ def test_reload_of_an_unknown_model_is_404(server: Server) -> None:
     assert response.json()["error"]["code"] == "model_not_found"
 
 
-def test_corrupt_version_is_rejected_and_the_old_one_serves(
-    server: Server, repository: Path
-) -> None:
+def test_reload_rejects_corrupt_version(server: Server, repository: Path) -> None:
     version_dir = write_version(repository, 2)
     (version_dir / "model.onnx").write_bytes(b"not an onnx graph")
 
@@ -165,9 +164,7 @@ def test_corrupt_version_is_rejected_and_the_old_one_serves(
     assert "rejected a new version of colours" in server.log()
 
 
-def test_version_whose_labels_do_not_match_the_graph_is_rejected(
-    server: Server, repository: Path
-) -> None:
+def test_reload_rejects_mismatched_labels(server: Server, repository: Path) -> None:
     write_version(repository, 2, ("one", "two"))  # the graph has three outputs
 
     response = reload(server)
@@ -209,7 +206,7 @@ def test_reload_under_load_fails_no_request(server: Server, repository: Path) ->
         for client in clients:
             client.join()
 
-    # Every response is a complete answer of one version: no errors, no mixtures.
+    # Every response is a complete result of one version: no errors, no mixtures.
     assert set(outcomes) == {"v1 red", "v2 red-v2"}, outcomes
 
 
@@ -232,9 +229,7 @@ def test_request_in_flight_finishes_on_the_old_version(repository: Path, tmp_pat
         assert result[0].json()["predictions"][0]["label"] == "red"
 
 
-def test_polling_picks_up_new_versions_and_skips_rejected_ones(
-    repository: Path, tmp_path: Path
-) -> None:
+def test_polling_reloads_and_skips_rejected(repository: Path, tmp_path: Path) -> None:
     with start(repository, tmp_path, reload_poll_seconds="0.2") as server:
         write_version(repository, 2, V2_LABELS)
         wait_for_live_version(server, 2)

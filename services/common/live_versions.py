@@ -6,9 +6,10 @@ response. So the service writes the new version before a reload swaps it in
 (`publish_before_swap`), and rewrites every record on a heartbeat, with a TTL,
 so that the records of a stopped service expire.
 
-Publishing is optional (`redis_url` empty turns it off) and never fails a
-request: a Redis error is logged and the service keeps serving. Prediction
-requests never touch Redis.
+Publishing is optional (`redis_url` empty turns it off). Prediction requests
+never touch Redis, and a failed heartbeat is logged while the service keeps
+serving. A reload whose new version Redis does not take is rejected, so that
+the old version keeps serving.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class LiveVersionPublisher:
         """Publish `model` as the live version of its name. Call it before it starts serving.
 
         Raises LiveVersionNotPublished when Redis does not take the write. The
-        reload must then not go ahead: the gateway would keep answering from
+        reload must then not go ahead: the gateway would keep returning
         the previous version's cached responses until that record expires.
         """
         with self._lock:

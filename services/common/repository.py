@@ -8,7 +8,7 @@ bad repository stops the service before it reports ready.
 
 `reload` brings in a new version while the service runs: it is loaded,
 checked and warmed up first, then swapped in with one assignment, so a
-request that already holds the old `LoadedModel` finishes on it, and a
+request that already has the old `LoadedModel` finishes on it, and a
 version that fails any check never serves.
 """
 
@@ -44,7 +44,7 @@ _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class ReloadOutcome:
-    """What a reload did. `changed` is false when the version that should serve already did."""
+    """Result of a reload. `changed` is false when the version that should serve already did."""
 
     name: str
     previous_version: int | None
@@ -177,8 +177,8 @@ class ModelRepository:
 
         Blocks while the new version loads and warms up, so run it in a worker
         thread. Raises ModelNotFound when `name` has no version folders, and
-        ModelLoadError when the version cannot be served; the version that was
-        live keeps serving in both cases.
+        ModelLoadError when the version cannot be served. In both cases the
+        version that was live keeps serving.
         """
         with self._reload_lock:
             available = (
@@ -200,7 +200,7 @@ class ModelRepository:
                 metadata = read_checked_metadata(version_dir, name, version)
                 if metadata.task != self.task:
                     raise ModelLoadError(
-                        f"{version_dir} holds a {metadata.task} model, "
+                        f"{version_dir} contains a {metadata.task} model, "
                         f"and this service serves {self.task} models"
                     )
                 model = self._load_version(metadata, tuple(available))

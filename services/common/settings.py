@@ -150,13 +150,13 @@ class ModelServiceSettings(ServiceSettings):
         description="Run requests to the same model that arrive close together as one batch.",
     )
     max_batch_size: int = Field(
-        default=8, ge=1, le=1024, description="Most images in one batched inference run."
+        default=8, ge=1, le=1024, description="Maximum images in one batched inference run."
     )
     max_queue_delay_ms: float = Field(
         default=2.0,
         ge=0,
         le=1000,
-        description="Longest wait, in milliseconds, for more requests to fill a batch.",
+        description="Maximum wait, in milliseconds, for more requests to fill a batch.",
     )
     max_queue_size: int = Field(
         default=64,

@@ -21,9 +21,8 @@ from services.gateway.settings import GatewaySettings
 # The /v1 image routes take one image per request.
 SINGLE_IMAGE_FILES = 1
 # Bodies up to this size are checked on the event loop, because a worker-thread
-# hand-off costs more than parsing them: a 270 KiB form took 0.18 ms to check
-# on one core of the benchmark machine (docs/benchmarks.md), so 1 MiB blocks the
-# loop for under 1 ms.
+# hand-off costs more than parsing them. A 270 KiB form took 0.18 ms to check on
+# the benchmark machine (docs/benchmarks.md), so 1 MiB blocks the loop for under 1 ms.
 INLINE_CHECK_BYTES = 1024 * 1024
 
 
