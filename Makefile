@@ -21,7 +21,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[train,dev]"
+	$(BIN)/pip install -e ".[train,monitor,dev]"
 	$(BIN)/yolo settings sync=False > /dev/null
 	touch $@
 
