@@ -4,7 +4,8 @@ The stages are decode (bytes to RGB), preprocess (RGB to the input tensor as
 `model.json` describes), inference (onnxruntime) and postprocess (softmax and
 top-k). Decoding and preprocessing run in a worker thread, so the event loop
 keeps serving other requests; inference runs in the model's batcher, together
-with the other requests that arrive at the same time.
+with the other requests that arrive at the same time. When the prediction log
+is on, the decode stage also measures the input statistics of each image.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 from services.classifier.settings import ClassifierSettings
 from services.common.errors import InvalidParameter, ServiceError
 from services.common.imaging import DecodedImage, decode_image
+from services.common.input_stats import InputStats
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
+from services.common.prediction_log import PredictionLog
 from services.common.prediction_metrics import record_classifications
 from services.common.preprocess import draft_request, preprocess, preprocess_batch
 from services.common.repository import LoadedModel
@@ -94,6 +97,19 @@ def default_top_k(settings: ClassifierSettings, model: LoadedModel) -> int:
     return min(settings.default_top_k, top_k_limit(settings, model))
 
 
+def log_top1(
+    prediction_log: PredictionLog | None,
+    model: LoadedModel,
+    inputs: InputStats | None,
+    predictions: list[Prediction],
+) -> None:
+    """Append the top-1 prediction of one image to the prediction log, when it is on."""
+    if prediction_log is None or inputs is None or not predictions:
+        return
+    top = predictions[0]
+    prediction_log.append(model, inputs, [top.label], [top.probability])
+
+
 class Classifier(ModelPipeline[ClassifierSettings]):
     """The classification pipeline over the models of a loaded repository."""
 
@@ -124,7 +140,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         (503) when too many requests wait for the model.
         """
         timer = StageTimer(time.perf_counter())
-        decoded, tensor = await self.run_in_worker(self._prepare, data, model, timer)
+        decoded, tensor, inputs = await self.run_in_worker(self._prepare, data, model, timer)
         run = await self.batchers.submit(model, tensor[np.newaxis])
         timer.record_batch(run.inference_seconds)
         logits = run.output[0]
@@ -132,6 +148,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         predictions = top_k_predictions(logits, model.metadata.labels, top_k)
         timer.lap("postprocess")
         record_classifications(self.metrics, model, [predictions])
+        log_top1(self.prediction_log, model, inputs, predictions)
 
         timer.observe(self.metrics, model)
         return Classification(
@@ -145,7 +162,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
 
     def _prepare(
         self, data: bytes, model: LoadedModel, timer: StageTimer
-    ) -> tuple[DecodedImage, np.ndarray]:
+    ) -> tuple[DecodedImage, np.ndarray, InputStats | None]:
         timer.lap("queue")
         spec = model.metadata.preprocess
         decoded = decode_image(
@@ -154,10 +171,11 @@ class Classifier(ModelPipeline[ClassifierSettings]):
             draft_size=draft_request(spec),
             background=self.settings.alpha_background,
         )
+        inputs = self.measure_for_log(decoded)
         timer.lap("decode")
         tensor = preprocess(decoded.image, spec)
         timer.lap("preprocess")
-        return decoded, tensor
+        return decoded, tensor, inputs
 
     async def classify_batch(
         self, images: list[bytes], model: LoadedModel, top_k: int
@@ -168,7 +186,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         others are still classified.
         """
         timer = StageTimer(time.perf_counter())
-        decoded, errors, tensors = await self.run_in_worker(
+        decoded, errors, tensors, inputs = await self.run_in_worker(
             self._prepare_batch, images, model, timer
         )
         logits = np.zeros((0, model.metadata.num_classes), dtype=np.float32)
@@ -185,6 +203,8 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         }
         timer.lap("postprocess")
         record_classifications(self.metrics, model, predictions.values())
+        for index, ranked in predictions.items():
+            log_top1(self.prediction_log, model, inputs.get(index), ranked)
 
         timer.observe(self.metrics, model)
         entries = [
@@ -201,7 +221,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
 
     def _prepare_batch(
         self, images: list[bytes], model: LoadedModel, timer: StageTimer
-    ) -> tuple[dict[int, DecodedImage], dict[int, ServiceError], np.ndarray]:
+    ) -> tuple[dict[int, DecodedImage], dict[int, ServiceError], np.ndarray, dict[int, InputStats]]:
         timer.lap("queue")
         spec = model.metadata.preprocess
         decoded: dict[int, DecodedImage] = {}
@@ -224,7 +244,12 @@ class Classifier(ModelPipeline[ClassifierSettings]):
                     extra={"model": model.name, "code": error.code},
                 )
                 errors[index] = error
+        inputs: dict[int, InputStats] = {}
+        for index, item in decoded.items():
+            measured = self.measure_for_log(item)
+            if measured is not None:
+                inputs[index] = measured
         timer.lap("decode")
         tensors = preprocess_batch([item.image for item in decoded.values()], spec)
         timer.lap("preprocess")
-        return decoded, errors, tensors
+        return decoded, errors, tensors, inputs

@@ -4,6 +4,9 @@ Outputs, for either kind of input: the model's own output (logits) and
 `probabilities`, the softmax that `/v1/classify` reports. Both accept Triton's
 classification extension. Images are decoded in the pipeline's worker
 threads, and both kinds of input run in the model's batcher, with `/v1` requests.
+
+Image inputs go to the prediction log like `/v1/classify` requests. Tensor
+inputs do not, because they carry no image to measure input statistics on.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from services.classifier.model import softmax
+from services.classifier.model import log_top1, softmax, top_k_predictions
 from services.classifier.settings import ClassifierSettings
 from services.common.inference_protocol.adapter import InferencePlan
 from services.common.inference_protocol.inputs import (
@@ -26,6 +29,7 @@ from services.common.inference_protocol.inputs import (
 )
 from services.common.inference_protocol.request_codec import InputTensor
 from services.common.inference_protocol.schemas import MetadataTensor, ParameterValue
+from services.common.input_stats import InputStats
 from services.common.pipeline import ModelPipeline, check_finite
 from services.common.preprocess import draft_request, preprocess_batch
 from services.common.repository import LoadedModel
@@ -45,33 +49,38 @@ async def classify_images(
 ) -> np.ndarray:
     """Decode and preprocess image files exactly as `/v1/classify` does; return their logits."""
     timer = StageTimer(time.perf_counter())
-    batch = await pipeline.run_in_worker(_prepare_images, pipeline.settings, model, files, timer)
+    batch, inputs = await pipeline.run_in_worker(_prepare_images, pipeline, model, files, timer)
     run = await pipeline.batchers.submit(model, batch)
     timer.record_batch(run.inference_seconds)
     check_finite(run.output, model)
     timer.observe(pipeline.metrics, model)
+    labels = model.metadata.labels
+    for row, measured in zip(run.output, inputs, strict=True):
+        log_top1(pipeline.prediction_log, model, measured, top_k_predictions(row, labels, 1))
     return run.output
 
 
 def _prepare_images(
-    settings: ClassifierSettings, model: LoadedModel, files: Sequence[bytes], timer: StageTimer
-) -> np.ndarray:
+    pipeline: ModelPipeline[Any], model: LoadedModel, files: Sequence[bytes], timer: StageTimer
+) -> tuple[np.ndarray, list[InputStats | None]]:
     timer.lap("queue")
+    settings: ClassifierSettings = pipeline.settings
     spec = model.metadata.preprocess
-    images = [
+    decoded = [
         decode_image_file(
             data,
             index,
             max_pixels=settings.max_pixels,
             background=settings.alpha_background,
             draft_size=draft_request(spec),
-        ).image
+        )
         for index, data in enumerate(files)
     ]
+    inputs = [pipeline.measure_for_log(item) for item in decoded]
     timer.lap("decode")
-    batch = preprocess_batch(images, spec)
+    batch = preprocess_batch([item.image for item in decoded], spec)
     timer.lap("preprocess")
-    return batch
+    return batch, inputs
 
 
 class ClassifierProtocolAdapter:

@@ -127,6 +127,13 @@ class ServiceMetrics:
             ["service", "model", "result"],
             registry=self.registry,
         )
+        self.prediction_log_records = Counter(
+            "visionserve_prediction_log_records_total",
+            "Prediction records for the Redis prediction log, by result: written, or "
+            "dropped because the queue was full, Redis failed or the service stopped.",
+            ["service", "model", "result"],
+            registry=self.registry,
+        )
 
     def render(self) -> Response:
         """Render the metrics in the Prometheus text format, summed over all workers."""

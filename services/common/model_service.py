@@ -6,10 +6,14 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
+import anyio
+import anyio.to_thread
+
 from services.common.live_versions import LiveVersionPublisher
 from services.common.metadata import Task
 from services.common.metrics import ServiceMetrics
 from services.common.model_selection import default_model_name
+from services.common.prediction_log import PredictionLog
 from services.common.prediction_metrics import record_live_models
 from services.common.readiness import Readiness
 from services.common.reloading import ModelReloader
@@ -20,7 +24,9 @@ from services.common.settings import ModelServiceSettings
 SettingsT = TypeVar("SettingsT", bound=ModelServiceSettings)
 PipelineT = TypeVar("PipelineT")
 
-PipelineFactory = Callable[[ModelRepository, SettingsT, ServiceMetrics], PipelineT]
+PipelineFactory = Callable[
+    [ModelRepository, SettingsT, ServiceMetrics, PredictionLog | None], PipelineT
+]
 # The default of each request parameter that changes a model's result, as canonical strings.
 RequestDefaults = Callable[[SettingsT, LoadedModel], Mapping[str, str]]
 
@@ -40,6 +46,7 @@ class ModelService(Generic[SettingsT, PipelineT]):
         self.settings = settings
         self.metrics = ServiceMetrics(service_name)
         self.live_versions = _create_publisher(settings, service_name, request_defaults)
+        self.prediction_log = _create_prediction_log(settings, service_name, self.metrics)
         self.repository = ModelRepository(
             settings.model_repository,
             task=task,
@@ -62,7 +69,9 @@ class ModelService(Generic[SettingsT, PipelineT]):
         if self.live_versions is not None:
             default = default_model_name(self.repository, self.settings.default_model)
             self.live_versions.publish_all(self.repository.models(), default)
-        self._pipeline = self._build_pipeline(self.repository, self.settings, self.metrics)
+        self._pipeline = self._build_pipeline(
+            self.repository, self.settings, self.metrics, self.prediction_log
+        )
 
     async def watch_versions(self) -> None:
         """Poll for new version folders every `reload_poll_seconds`; return at once when it is 0."""
@@ -73,6 +82,18 @@ class ModelService(Generic[SettingsT, PipelineT]):
         """Renew the published live versions until cancelled; return at once without Redis."""
         if self.live_versions is not None:
             await self.live_versions.heartbeat()
+
+    async def write_prediction_log(self) -> None:
+        """Run the prediction log writer until cancelled, then flush it. No-op without the log."""
+        if self.prediction_log is None:
+            return
+        self.prediction_log.start()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            # Shielded, so that the flush at shutdown runs to its own deadline.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.prediction_log.close)
 
     def ready_pipeline(self) -> PipelineT:
         """Return the pipeline, or raise ServiceUnavailable (503) while it is not ready."""
@@ -94,4 +115,21 @@ def _create_publisher(
         ttl_seconds=settings.live_version_ttl_seconds,
         timeout_seconds=settings.redis_timeout_seconds,
         request_defaults=functools.partial(request_defaults, settings),
+    )
+
+
+def _create_prediction_log(
+    settings: ModelServiceSettings, service_name: str, metrics: ServiceMetrics
+) -> PredictionLog | None:
+    if not settings.prediction_log_active:
+        return None
+    return PredictionLog(
+        settings.redis_url,
+        prefix=settings.redis_key_prefix,
+        service=service_name,
+        metrics=metrics,
+        max_length=settings.prediction_log_max_length,
+        queue_size=settings.prediction_log_queue_size,
+        timeout_seconds=settings.redis_timeout_seconds,
+        flush_seconds=settings.prediction_log_flush_seconds,
     )

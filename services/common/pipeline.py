@@ -13,8 +13,11 @@ import numpy as np
 from services.common.batching import BatcherPool
 from services.common.cpus import threads_per_worker
 from services.common.errors import ServiceError
+from services.common.imaging import DecodedImage
+from services.common.input_stats import InputStats, measure_input
 from services.common.metrics import ServiceMetrics
 from services.common.model_selection import default_model_name
+from services.common.prediction_log import PredictionLog
 from services.common.repository import LoadedModel, ModelRepository
 from services.common.settings import ModelServiceSettings
 
@@ -30,15 +33,25 @@ class ModelPipeline(Generic[SettingsT]):
     requests, and the batchers that run them through the models."""
 
     def __init__(
-        self, repository: ModelRepository, settings: SettingsT, metrics: ServiceMetrics
+        self,
+        repository: ModelRepository,
+        settings: SettingsT,
+        metrics: ServiceMetrics,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        # None when the log is off, and then no input statistics are measured either.
+        self.prediction_log = prediction_log
         self.default_model = default_model_name(repository, settings.default_model)
         worker_threads = settings.worker_threads or threads_per_worker(settings.workers)
         self._limiter = anyio.CapacityLimiter(worker_threads)
         self.batchers = BatcherPool(settings, metrics)
+
+    def measure_for_log(self, decoded: DecodedImage) -> InputStats | None:
+        """Measure `decoded` for the prediction log, or return None when the log is off."""
+        return None if self.prediction_log is None else measure_input(decoded)
 
     async def run_in_worker(
         self, function: Callable[[*Arguments], Result], *args: *Arguments

@@ -13,6 +13,8 @@ Keys, all below one prefix per deployment:
   which name none. Absent when the service has no default model.
 - `<prefix>:cache:...`: cached gateway responses.
 - `<prefix>:ratelimit:<key id>`: rate-limit state of one client key.
+- `<prefix>:predictions:<service>:<model>`: the prediction log stream of one
+  model (see `services.common.prediction_record`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ class LoadableService(Protocol):
 
     async def publish_live_versions(self) -> None: ...
 
+    async def write_prediction_log(self) -> None: ...
+
 
 def create_service_app(
     service: LoadableService, router: APIRouter, *, title: str, summary: str
@@ -54,6 +56,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks.start_soon(service.readiness.load, service.load_models)
         tasks.start_soon(service.watch_versions)
         tasks.start_soon(service.publish_live_versions)
+        tasks.start_soon(service.write_prediction_log)
         yield
         # NOTE: a load still running at shutdown finishes first, because a
         # worker thread cannot be interrupted.

@@ -7,7 +7,15 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.common.redis_keys import DEFAULT_KEY_PREFIX, check_key_prefix, check_redis_url
@@ -185,12 +193,16 @@ class ModelServiceSettings(ServiceSettings):
         description=(
             "Redis where the service publishes the live version of each model, so that the "
             "gateway caches its responses and never returns a result of another version. "
-            "Empty turns publishing off, and with it the gateway's cache for this service."
+            "The service also appends its prediction log there. Empty turns both off, and "
+            "with them the gateway's cache for this service."
         ),
     )
     redis_key_prefix: str = Field(
         default=DEFAULT_KEY_PREFIX,
-        description="Prefix of the published keys; the same as the gateway's redis_key_prefix.",
+        description=(
+            "Prefix of the published keys and prediction log streams; the same as the "
+            "gateway's redis_key_prefix."
+        ),
     )
     redis_timeout_seconds: float = Field(
         default=0.5, gt=0, description="Maximum time in seconds to connect to Redis or write."
@@ -203,6 +215,51 @@ class ModelServiceSettings(ServiceSettings):
             "within that time, so the versions of a stopped service expire within it."
         ),
     )
+
+    prediction_log_enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Append a record of each predicted image (labels, scores, input statistics) to a "
+            "Redis stream per model, for the drift job. Unset: on when redis_url is set."
+        ),
+    )
+    prediction_log_max_length: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "Approximate maximum entries per model stream (XADD MAXLEN ~). Redis trims "
+            "whole nodes, so a stream may hold somewhat more."
+        ),
+    )
+    prediction_log_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Records that may wait in memory for the background writer; more are dropped "
+            "and counted, so a slow Redis never delays a request."
+        ),
+    )
+    prediction_log_flush_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="Maximum time in seconds to write the queued records at shutdown.",
+    )
+
+    @property
+    def prediction_log_active(self) -> bool:
+        """Whether the prediction log is written: the explicit setting, else redis_url is set."""
+        if self.prediction_log_enabled is None:
+            return bool(self.redis_url)
+        return self.prediction_log_enabled
+
+    @model_validator(mode="after")
+    def _prediction_log_needs_redis(self) -> ModelServiceSettings:
+        if self.prediction_log_enabled and not self.redis_url:
+            raise ValueError(
+                "prediction_log_enabled is true but redis_url is empty. Set redis_url "
+                "or leave prediction_log_enabled unset"
+            )
+        return self
 
     @field_validator("default_model", mode="after")
     @classmethod

@@ -6,6 +6,8 @@ The stages are decode (bytes to RGB, EXIF orientation applied), preprocess
 the original image). Decoding, preprocessing and postprocessing run in worker
 threads, so the event loop keeps serving other requests; inference runs in the
 model's batcher, together with the other requests that arrive at the same time.
+When the prediction log is on, the decode stage also measures the input
+statistics of the image, and each prediction appends its labels and scores.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from services.common.imaging import DecodedImage, decode_image
+from services.common.input_stats import InputStats
 from services.common.letterbox import LetterboxTransform, letterbox_tensor
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
@@ -101,7 +104,9 @@ class Detector(ModelPipeline[DetectorSettings]):
         self, data: bytes, model: LoadedModel, parameters: DetectionParameters
     ) -> tuple[DetectionResult, Image.Image]:
         timer = StageTimer(time.perf_counter())
-        decoded, tensor, transform = await self.run_in_worker(self._prepare, data, model, timer)
+        decoded, tensor, transform, inputs = await self.run_in_worker(
+            self._prepare, data, model, timer
+        )
         run = await self.batchers.submit(model, tensor[np.newaxis])
         timer.record_batch(run.inference_seconds)
         output = run.output[0]
@@ -111,6 +116,10 @@ class Detector(ModelPipeline[DetectorSettings]):
         )
         timer.lap("postprocess")
         record_detections(self.metrics, model, detections)
+        if self.prediction_log is not None and inputs is not None:
+            labels = [detection.label for detection in detections]
+            scores = [detection.score for detection in detections]
+            self.prediction_log.append(model, inputs, labels, scores)
 
         timer.observe(self.metrics, model)
         result = DetectionResult(
@@ -125,17 +134,18 @@ class Detector(ModelPipeline[DetectorSettings]):
 
     def _prepare(
         self, data: bytes, model: LoadedModel, timer: StageTimer
-    ) -> tuple[DecodedImage, np.ndarray, LetterboxTransform]:
+    ) -> tuple[DecodedImage, np.ndarray, LetterboxTransform, InputStats | None]:
         timer.lap("queue")
         # Decoded at full size, without JPEG draft scaling, because ultralytics
         # letterboxes the full-size image and the boxes must match its output.
         decoded = decode_image(
             data, max_pixels=self.settings.max_pixels, background=self.settings.alpha_background
         )
+        inputs = self.measure_for_log(decoded)
         timer.lap("decode")
         tensor, transform = letterbox_tensor(decoded.image, model.metadata.preprocess)
         timer.lap("preprocess")
-        return decoded, tensor, transform
+        return decoded, tensor, transform, inputs
 
     @staticmethod
     def _postprocess(
