@@ -15,6 +15,14 @@ import torch
 from services.common.imaging import decode_image
 from services.common.metadata import MODEL_FILENAME, read_metadata
 from services.common.model_checks import check_output_shape, check_preprocess, check_signature
+from services.common.reference_profile import read_reference
+from tests.reference_checks import (
+    check_detections,
+    check_input_features,
+    model_service_env,
+    post_each,
+)
+from tests.servers import running_server
 from training.classification.cli import run
 from training.classification.errors import DataNotFoundError, InvalidArgumentsError
 from training.detection import build_default, dataset, evaluate, export, parity, train
@@ -564,3 +572,24 @@ def test_training_continues_from_a_weights_file(
     assert summary["args"]["weights"] == str(tiny_run.best_weights)
     assert result.best_weights.is_file()
     assert result.best_weights != tiny_run.best_weights
+
+
+@pytest.mark.slow
+def test_export_reference_matches_service(
+    tiny_export: export.ExportResult, tiny_dataset: dataset.BuildResult, tmp_path: Path
+) -> None:
+    # reference.json profiles the val split with the default thresholds of model.json.
+    # The detector, serving the exported version, must return the same scores.
+    profile = read_reference(tiny_export.version_dir)
+    files = [path.read_bytes() for path in load_data_yaml(tiny_dataset.data_yaml).images("val")]
+    decoded = [decode_image(data, max_pixels=50_000_000) for data in files]
+    repository = tiny_export.version_dir.parent.parent
+    env = model_service_env("detector", repository)
+    with running_server("services.detector.app:create_app", env, tmp_path) as server:
+        bodies = post_each(server.url, "/v1/detect", files)
+
+    assert profile.model == "tiny"
+    assert profile.task == "detection"
+    assert profile.source.startswith("val split of ")
+    check_input_features(profile, decoded)
+    check_detections(profile, bodies)

@@ -16,7 +16,16 @@ from services.common.imaging import decode_image
 from services.common.metadata import MODEL_FILENAME, read_metadata
 from services.common.model_checks import check_output_shape, check_signature
 from services.common.preprocess import draft_request, preprocess
+from services.common.reference_profile import read_reference
+from tests.reference_checks import (
+    check_classifications,
+    check_input_features,
+    model_service_env,
+    post_each,
+)
+from tests.servers import running_server
 from training.classification import export, onnx_export, train
+from training.classification.checkpoint import load_checkpoint, model_from_checkpoint
 from training.classification.cli import run
 from training.classification.efficientnet import (
     efficientnet_lite0_imagenet,
@@ -24,6 +33,7 @@ from training.classification.efficientnet import (
     packaged_weights_path,
 )
 from training.classification.errors import InvalidArgumentsError, ParityError, TrainingError
+from training.classification.evaluation import checkpoint_splits
 from training.classification.report import REPORT_FILES
 from training.classification.repository import SAMPLES_DIRNAME, SAMPLES_INDEX, next_version
 
@@ -244,7 +254,11 @@ def test_efficientnet_mapping_rejects_shape_mismatch() -> None:
 
 @pytest.mark.slow
 def test_pretrained_export_passes_parity(tmp_path: Path) -> None:
-    from training.classification.pretrained import MODEL_NAME, build_imagenet_efficientnet
+    from training.classification.pretrained import (
+        MODEL_NAME,
+        SKIMAGE_PHOTOS,
+        build_imagenet_efficientnet,
+    )
 
     torch.set_num_threads(2)
     result = build_imagenet_efficientnet(tmp_path)
@@ -259,3 +273,38 @@ def test_pretrained_export_passes_parity(tmp_path: Path) -> None:
     assert metadata.metrics["photo_top1"]["coffee.png"] == "espresso"
     assert metadata.metrics["photo_top1"]["chelsea.png"] in {"tiger cat", "Egyptian cat", "tabby"}
     assert (result.version_dir / SAMPLES_DIRNAME / "chelsea.png").is_file()
+    # reference.json profiles the shipped photos, whose top-1 labels the parity check recorded.
+    profile = read_reference(result.version_dir)
+    shipped_top1 = [metadata.metrics["photo_top1"][name] for name in SKIMAGE_PHOTOS]
+    assert profile.image_count == len(SKIMAGE_PHOTOS)
+    assert "scikit-image" in profile.source
+    assert profile.label_frequencies == pytest.approx(
+        {label: shipped_top1.count(label) / len(shipped_top1) for label in set(shipped_top1)}
+    )
+    assert all(0.0 < value <= 1.0 for value in profile.features["confidence"])
+
+
+@pytest.mark.slow
+def test_export_reference_matches_service(checkpoint: Path, tmp_path: Path) -> None:
+    # reference.json profiles the validation split. The classifier, serving the
+    # exported version, must return the same top-1 probability for each image.
+    result = run_export(checkpoint, tmp_path / "models")
+    profile = read_reference(result.version_dir)
+    trained = model_from_checkpoint(load_checkpoint(checkpoint))
+    validation = checkpoint_splits(trained).val
+    files = list(export.validation_images(validation, "digits").files)
+    spec = result.metadata.preprocess
+    decoded = [
+        decode_image(data, max_pixels=MAX_PIXELS, draft_size=draft_request(spec)) for data in files
+    ]
+    env = model_service_env("classifier", tmp_path / "models")
+    with running_server("services.classifier.app:create_app", env, tmp_path) as server:
+        bodies = post_each(server.url, "/v1/classify", files)
+
+    assert profile.model == "digits-cnn"
+    assert profile.version == 1
+    assert profile.task == "classification"
+    assert profile.source.startswith("validation split of digits")
+    assert profile.image_count == len(validation.indices)
+    check_input_features(profile, decoded)
+    check_classifications(profile, bodies)

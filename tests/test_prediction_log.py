@@ -30,6 +30,7 @@ from tests.inference_protocol_client import image_input, open_client
 from tests.launched_servers import log_records, records_with
 from tests.onnx_models import COLOUR_MODEL, build_colour_repository
 from tests.redis_servers import SHARED_REDIS_URL, private_redis, shared_redis_prefix
+from tests.reference_checks import model_service_env
 from tests.scraping import metric
 from tests.servers import Server, running_server
 
@@ -68,14 +69,9 @@ def logging_env(
     service: str, repository: Path, redis_url: str, prefix: str, **settings: str
 ) -> dict[str, str]:
     """Return the environment of a model service that writes the prediction log."""
-    variables = {
-        "MODEL_REPOSITORY": str(repository),
-        "INTRA_OP_THREADS": "1",
-        "REDIS_URL": redis_url,
-        "REDIS_KEY_PREFIX": prefix,
-        **settings,
-    }
-    return {f"VS_{service.upper()}_{name}": value for name, value in variables.items()}
+    return model_service_env(
+        service, repository, REDIS_URL=redis_url, REDIS_KEY_PREFIX=prefix, **settings
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,14 @@ from services.classifier.settings import ClassifierSettings
 from services.common.errors import InvalidParameter, ServiceError
 from services.common.imaging import DecodedImage, decode_image
 from services.common.input_stats import InputStats
+from services.common.metadata import PreprocessSpec
 from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
 from services.common.prediction_log import PredictionLog
 from services.common.prediction_metrics import record_classifications
 from services.common.preprocess import draft_request, preprocess, preprocess_batch
 from services.common.repository import LoadedModel
+from services.common.settings import ModelServiceSettings
 from services.common.stages import StageTimer, StageTimings
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,18 @@ def default_top_k(settings: ClassifierSettings, model: LoadedModel) -> int:
     return min(settings.default_top_k, top_k_limit(settings, model))
 
 
+def decode_request_image(
+    data: bytes, spec: PreprocessSpec, settings: ModelServiceSettings
+) -> DecodedImage:
+    """Decode one request image as `/v1/classify` does, letting JPEGs decode at reduced scale."""
+    return decode_image(
+        data,
+        max_pixels=settings.max_pixels,
+        draft_size=draft_request(spec),
+        background=settings.alpha_background,
+    )
+
+
 def log_top1(
     prediction_log: PredictionLog | None,
     model: LoadedModel,
@@ -165,12 +179,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
     ) -> tuple[DecodedImage, np.ndarray, InputStats | None]:
         timer.lap("queue")
         spec = model.metadata.preprocess
-        decoded = decode_image(
-            data,
-            max_pixels=self.settings.max_pixels,
-            draft_size=draft_request(spec),
-            background=self.settings.alpha_background,
-        )
+        decoded = decode_request_image(data, spec, self.settings)
         inputs = self.measure_for_log(decoded)
         timer.lap("decode")
         tensor = preprocess(decoded.image, spec)
@@ -228,12 +237,7 @@ class Classifier(ModelPipeline[ClassifierSettings]):
         errors: dict[int, ServiceError] = {}
         for index, data in enumerate(images):
             try:
-                decoded[index] = decode_image(
-                    data,
-                    max_pixels=self.settings.max_pixels,
-                    draft_size=draft_request(spec),
-                    background=self.settings.alpha_background,
-                )
+                decoded[index] = decode_request_image(data, spec, self.settings)
             except ServiceError as error:
                 if error.status_code >= 500:
                     raise

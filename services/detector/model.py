@@ -26,6 +26,7 @@ from services.common.model_selection import select_model
 from services.common.pipeline import ModelPipeline, check_finite
 from services.common.prediction_metrics import record_detections
 from services.common.repository import LoadedModel
+from services.common.settings import ModelServiceSettings
 from services.common.stages import StageTimer
 from services.detector.parameters import DetectionParameters, resolve_parameters
 from services.detector.postprocess import postprocess
@@ -112,7 +113,7 @@ class Detector(ModelPipeline[DetectorSettings]):
         output = run.output[0]
         check_finite(output, model)
         detections = await self.run_in_worker(
-            self._postprocess, output, model, parameters, transform
+            detections_from_output, output, model, parameters, transform
         )
         timer.lap("postprocess")
         record_detections(self.metrics, model, detections)
@@ -136,43 +137,47 @@ class Detector(ModelPipeline[DetectorSettings]):
         self, data: bytes, model: LoadedModel, timer: StageTimer
     ) -> tuple[DecodedImage, np.ndarray, LetterboxTransform, InputStats | None]:
         timer.lap("queue")
-        # Decoded at full size, without JPEG draft scaling, because ultralytics
-        # letterboxes the full-size image and the boxes must match its output.
-        decoded = decode_image(
-            data, max_pixels=self.settings.max_pixels, background=self.settings.alpha_background
-        )
+        decoded = decode_request_image(data, self.settings)
         inputs = self.measure_for_log(decoded)
         timer.lap("decode")
         tensor, transform = letterbox_tensor(decoded.image, model.metadata.preprocess)
         timer.lap("preprocess")
         return decoded, tensor, transform, inputs
 
-    @staticmethod
-    def _postprocess(
-        output: np.ndarray,
-        model: LoadedModel,
-        parameters: DetectionParameters,
-        transform: LetterboxTransform,
-    ) -> list[Detection]:
-        found = postprocess(
-            output,
-            conf_threshold=parameters.conf_threshold,
-            iou_threshold=parameters.iou_threshold,
-            max_det=parameters.max_det,
-            classes=parameters.classes,
-            agnostic=parameters.agnostic,
+
+def decode_request_image(data: bytes, settings: ModelServiceSettings) -> DecodedImage:
+    """Decode one request image as `/v1/detect` does."""
+    # Decoded at full size, without JPEG draft scaling, because ultralytics
+    # letterboxes the full-size image and the boxes must match its output.
+    return decode_image(data, max_pixels=settings.max_pixels, background=settings.alpha_background)
+
+
+def detections_from_output(
+    output: np.ndarray,
+    model: LoadedModel,
+    parameters: DetectionParameters,
+    transform: LetterboxTransform,
+) -> list[Detection]:
+    """Run NMS on one image's raw model output and map the boxes to the original image."""
+    found = postprocess(
+        output,
+        conf_threshold=parameters.conf_threshold,
+        iou_threshold=parameters.iou_threshold,
+        max_det=parameters.max_det,
+        classes=parameters.classes,
+        agnostic=parameters.agnostic,
+    )
+    boxes = transform.to_original(found.boxes)
+    labels = model.metadata.labels
+    return [
+        Detection(
+            label=labels[class_id],
+            class_id=int(class_id),
+            score=float(score),
+            x1=float(box[0]),
+            y1=float(box[1]),
+            x2=float(box[2]),
+            y2=float(box[3]),
         )
-        boxes = transform.to_original(found.boxes)
-        labels = model.metadata.labels
-        return [
-            Detection(
-                label=labels[class_id],
-                class_id=int(class_id),
-                score=float(score),
-                x1=float(box[0]),
-                y1=float(box[1]),
-                x2=float(box[2]),
-                y2=float(box[3]),
-            )
-            for box, score, class_id in zip(boxes, found.scores, found.class_ids, strict=True)
-        ]
+        for box, score, class_id in zip(boxes, found.scores, found.class_ids, strict=True)
+    ]

@@ -99,3 +99,16 @@ def parse_classes(values: Sequence[str], model: LoadedModel) -> tuple[int, ...]:
     if not ids:
         raise InvalidParameter(f"{allowed}; got an empty list")
     return tuple(sorted(ids))
+
+
+def default_parameters(model: LoadedModel, max_det_limit: int) -> DetectionParameters:
+    """Return the parameters of a request to `model` that sets none."""
+    return resolve_parameters(
+        model,
+        conf=None,
+        iou=None,
+        max_det=None,
+        classes=None,
+        agnostic=False,
+        max_det_limit=max_det_limit,
+    )

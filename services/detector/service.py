@@ -6,7 +6,7 @@ from services.common.model_service import ModelService
 from services.common.redis_keys import canonical_number
 from services.common.repository import LoadedModel
 from services.detector.model import Detector
-from services.detector.parameters import resolve_parameters
+from services.detector.parameters import default_parameters
 from services.detector.settings import DetectorSettings
 
 DetectorService = ModelService[DetectorSettings, Detector]
@@ -18,15 +18,7 @@ def detection_defaults(settings: DetectorSettings, model: LoadedModel) -> dict[s
     The gateway fills them into its cache keys, so a request that omits a
     parameter and one that sends its default share one cached response.
     """
-    parameters = resolve_parameters(
-        model,
-        conf=None,
-        iou=None,
-        max_det=None,
-        classes=None,
-        agnostic=False,
-        max_det_limit=settings.max_det_limit,
-    )
+    parameters = default_parameters(model, settings.max_det_limit)
     return {
         "conf": canonical_number(parameters.conf_threshold),
         "iou": canonical_number(parameters.iou_threshold),

@@ -4,7 +4,8 @@
         --repository models --name digits-cnn
 
 Writes `<repository>/<name>/<version>/` with model.onnx, model.json, report.json,
-confusion_matrix.png, roc_curves.png and, with --samples, held-out test images.
+reference.json (from the validation split), confusion_matrix.png, roc_curves.png
+and, with --samples, held-out test images.
 The export fails with exit status 1 and writes nothing when ONNX Runtime and
 PyTorch disagree on the test split.
 """
@@ -52,6 +53,7 @@ from training.classification.repository import (
     staged_version,
     write_samples,
 )
+from training.reference import ReferenceImages, png_bytes, write_reference_profile
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +79,15 @@ def export_version(
     fingerprint: str | None,
     extra_metadata: dict[str, Any] | None = None,
     write_files: Callable[[Path], None] | None = None,
+    reference: ReferenceImages | None = None,
     opset: int = DEFAULT_OPSET,
     atol: float = DEFAULT_PARITY_ATOL,
 ) -> ExportResult:
     """Export `model`, check parity on `parity_batches`, and publish one model version.
 
     `write_files` adds files (report, samples) to the staging folder before
-    the rename. Any exception, ParityError included, leaves no version behind.
+    the rename. `reference` contains the images for reference.json, and without
+    it the version has none. Any exception, ParityError included, leaves no version behind.
     """
     check_model_name(name)
     if opset < MIN_OPSET:
@@ -110,6 +114,8 @@ def export_version(
             **(extra_metadata or {}),
         )
         write_metadata(staging, metadata)
+        if reference is not None:
+            write_reference_profile(staging, metadata, reference)
     return ExportResult(version_dir=repository / name / str(version), metadata=metadata)
 
 
@@ -134,6 +140,15 @@ def sample_records(
             )
         )
     return records
+
+
+def validation_images(split: Split, dataset: str) -> ReferenceImages:
+    """Return the images of the validation split as PNG files, for reference.json."""
+    files = (png_bytes(split.source.load_image(int(index))) for index in split.indices)
+    return ReferenceImages(
+        files=files,
+        source=f"validation split of {dataset} ({len(split.indices)} images), encoded as PNG",
+    )
 
 
 def default_name(trained: TrainedModel) -> str:
@@ -238,6 +253,7 @@ def main(args: argparse.Namespace) -> ExportResult:
             "report": "report.json",
         },
         write_files=write_files,
+        reference=validation_images(splits.val, trained.args["dataset"]),
         opset=args.opset,
         atol=args.parity_atol,
     )

@@ -4,7 +4,9 @@
 
 The parity check runs on the photos that ship with scikit-image plus a few
 derived images (mirrored, grayscale, EXIF-rotated JPEG, panorama crop, tiny,
-noise), all decoded and preprocessed by the shared service functions. As a
+noise), all decoded and preprocessed by the shared service functions.
+reference.json profiles the shipped photos only, since the derived images are
+edge cases rather than a sample of real inputs. As a
 guard against a wrong weight mapping, the build fails unless chelsea.png is
 classified as a cat and coffee.png as espresso.
 """
@@ -34,6 +36,7 @@ from training.classification.onnx_export import DEFAULT_OPSET, DEFAULT_PARITY_AT
 from training.classification.preprocessing import build_preprocess_spec
 from training.classification.report import softmax
 from training.classification.repository import SAMPLES_DIRNAME, SAMPLES_INDEX
+from training.reference import ReferenceImages
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +171,8 @@ def build_imagenet_efficientnet(
     model = efficientnet_lite0_imagenet()
     model.eval()
 
-    photos = skimage_photos()
-    photos += derived_photos(photos)
+    shipped = skimage_photos()
+    photos = shipped + derived_photos(shipped)
     images = [
         decode_image(photo.data, max_pixels=MAX_PIXELS, draft_size=draft_request(spec)).image
         for photo in photos
@@ -210,6 +213,15 @@ def build_imagenet_efficientnet(
             },
         },
         write_files=write_files,
+        reference=ReferenceImages(
+            files=[photo.data for photo in shipped],
+            source=(
+                f"the {len(shipped)} photos shipped with scikit-image "
+                f"{package_metadata.version('scikit-image')} in skimage/data, as their own PNG "
+                "and JPEG files, because the model was not trained here and has no "
+                "validation split"
+            ),
+        ),
         opset=opset,
         atol=atol,
     )

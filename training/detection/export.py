@@ -4,7 +4,8 @@
         --repository models --name digits-yolov8n --samples 8
 
 Writes `<repository>/<name>/<version>/` with model.onnx, model.json,
-report.json, pr_curve.png and, with --samples, held-out images in samples/.
+report.json, reference.json (from the val split), pr_curve.png and, with
+--samples, held-out images in samples/.
 model.onnx has dynamic batch, height and width and returns the raw head
 output, so NMS runs in the service. The report covers the test split, or the
 val split when the data set has no test split.
@@ -47,6 +48,7 @@ from training.detection.parity import DEFAULT_MIN_IOU, check_parity
 from training.detection.samples import write_samples
 from training.detection.train import SUMMARY_FILE
 from training.detection.yolo_data import DataSet, fingerprint, load_data_yaml
+from training.reference import ReferenceImages, write_reference_profile
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +232,17 @@ def export_version(
             **extra_metadata,
         )
         write_metadata(staging, metadata)
+        write_reference_profile(staging, metadata, validation_images(data))
     return ExportResult(version_dir=repository / name / str(version), metadata=metadata)
+
+
+def validation_images(data: DataSet) -> ReferenceImages:
+    """Return the image files of the val split as stored, for reference.json."""
+    paths = data.images("val")
+    return ReferenceImages(
+        files=(path.read_bytes() for path in paths),
+        source=f"val split of {data.yaml_path} ({len(paths)} images), as stored",
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
