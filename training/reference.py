@@ -58,7 +58,7 @@ class _Prediction:
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """Encode `image` as PNG, the lossless form in which in-memory samples reach the service."""
+    """Encode `image` as PNG, a lossless format, so the service decodes exactly these pixels."""
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -69,7 +69,7 @@ def build_reference(
 ) -> ReferenceProfile:
     """Profile the first MAX_REFERENCE_SAMPLES images with `version_dir/model.onnx`.
 
-    Raises ValueError when `images` contains no file.
+    Raise ValueError when `images` is empty.
     """
     session = create_session(
         version_dir / MODEL_FILENAME, SessionConfig(available_threads(), available_threads())
