@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export ORT_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install models demo test lint clean bench-bentoml-venv
+.PHONY: install models demo test lint clean bench-bentoml-venv checkov-venv image-requirements
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ models: install
 demo: models
 	$(BIN)/python -m scripts.demo --repository $(MODELS)
 
-test: install
+test: install checkov-venv
 	$(BIN)/python -m pytest
 
 lint: install
@@ -58,5 +58,23 @@ $(BENTOML_VENV)/.installed: pyproject.toml
 
 bench-bentoml-venv: $(BENTOML_VENV)/.installed
 
+# checkov, which tests/test_checkov.py runs on the Kubernetes manifests and the
+# Dockerfiles, pins versions of packages that .venv also has (packaging and
+# networkx among them), so it gets a virtualenv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install "checkov==$(CHECKOV_VERSION)"
+	touch $@
+
+checkov-venv: $(CHECKOV_VENV)/.installed
+
+# The pinned requirements that the Docker images install, taken from the
+# versions installed in .venv, which the tests ran against.
+image-requirements: install
+	$(BIN)/python -m scripts.image_requirements write docker/requirements
+
 clean:
-	rm -rf $(VENV) $(BENTOML_VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENTOML_VENV) $(CHECKOV_VENV) runs .pytest_cache .mypy_cache .ruff_cache

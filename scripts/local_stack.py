@@ -45,22 +45,37 @@ class Server:
     # Replaces the plain uvicorn command, to run it under taskset or the
     # services.serve launcher, for example.
     command: list[str] = field(default_factory=list)
+    # Variables with these prefixes are not inherited from this process, so
+    # that the service sees only the settings in `env`.
+    isolated_prefixes: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_path: str = "/readyz", timeout: float = 120.0) -> None:
+        self.launch()
+        self.wait_ready(ready_path, timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to become ready."""
         command = self.command or [
             sys.executable, "-m", "uvicorn", self.app, "--factory",
             "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
-        environment = {**os.environ, **self.env}
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if not (self.isolated_prefixes and name.startswith(self.isolated_prefixes))
+        }
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env={**inherited, **self.env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
-        self.wait_ready(ready_path, timeout)
 
     def wait_ready(self, ready_path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

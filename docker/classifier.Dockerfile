@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# The classifier service: the `serve` extra only (no torch), run as a non-root
+# user that can run with a read-only root file system. Build from the
+# repository root:
+#   docker build -f docker/classifier.Dockerfile -t visionserve/classifier:0.1.0 .
+# Models come from a model repository mounted at /models (see docs/deploy.md).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY docker/requirements/serve.txt /tmp/constraints.txt
+COPY pyproject.toml README.md ./
+COPY services ./services
+# The constraints pin every distribution to the version the tests ran against.
+# The project itself is installed without -e, so that /src is not needed later.
+RUN /opt/venv/bin/pip install --no-cache-dir -c /tmp/constraints.txt ".[serve]" \
+    && /opt/venv/bin/pip uninstall --yes pip \
+    && /opt/venv/bin/python -m compileall -q /opt/venv
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --system --gid 10001 visionserve \
+    && useradd --system --uid 10001 --gid visionserve --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin visionserve
+COPY --from=build /opt/venv /opt/venv
+# The .pyc files were written at build time, so a read-only root file system
+# is enough. MALLOC_ARENA_MAX is set here so that services.serve does not
+# re-execute itself to set it.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
+    ORT_DISABLE_TELEMETRY=1 \
+    VS_CLASSIFIER_MODEL_REPOSITORY=/models
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8001
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "services.healthcheck", "http://127.0.0.1:8001/healthz"]
+CMD ["python", "-m", "services.serve", "classifier", "--host", "0.0.0.0", "--port", "8001"]

@@ -1,0 +1,331 @@
+"""Run the services of docker-compose.yml as local processes, without Docker.
+
+Each service built from this repository runs its compose `command`, or else
+its Dockerfile's CMD, with the compose environment. Redis and the Pushgateway
+run as the local `redis-server` and `prometheus-pushgateway` programs with the
+compose arguments. Everything listens on 127.0.0.1 on free ports:
+
+- `<service>:<port>` in an environment value or command becomes
+  `127.0.0.1:<free port>`, and `--host`/`--port` options are replaced;
+- a volume's or tmpfs' container path becomes a folder under the work folder,
+  and a bind mount's source is resolved against the repository;
+- `depends_on` conditions are honoured, and health checks run the compose (or
+  Dockerfile) health check command locally with the same rewriting.
+
+A service whose program is missing here is not started, and `skipped` says
+why: Prometheus and Grafana, for example, are left out. Their host names
+still map to ports on which nothing listens.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.compose_files import image_command, image_healthcheck, option_value
+from tests.servers import ROOT, Server, free_port
+
+# Container ports of the images that are not built from this repository.
+IMAGE_PORTS = {
+    "redis": 6379,
+    "prom/pushgateway": 9091,
+    "prom/prometheus": 9090,
+    "grafana/grafana": 3000,
+}
+LOCAL_PROGRAMS = {"redis": "redis-server", "prom/pushgateway": "prometheus-pushgateway"}
+# Settings the test process must not pass on: each service sees only what
+# the compose file gives it.
+ISOLATED_PREFIXES = ("VS_",)
+
+
+class ComposeRunError(RuntimeError):
+    """Raised when a service exits, fails or does not become healthy as its conditions require."""
+
+
+@dataclass
+class ComposeService:
+    name: str
+    spec: dict[str, Any]
+
+    @property
+    def image_repository(self) -> str:
+        return str(self.spec.get("image", "")).split(":")[0]
+
+    @property
+    def dockerfile(self) -> Path | None:
+        build = self.spec.get("build")
+        if build is None:
+            return None
+        if isinstance(build, str):
+            return ROOT / build / "Dockerfile"
+        return ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+
+    @property
+    def command(self) -> list[str]:
+        command = self.spec.get("command")
+        if command is not None:
+            return list(command)
+        if self.dockerfile is not None:
+            return image_command(self.dockerfile)
+        return []
+
+    @property
+    def environment(self) -> dict[str, str]:
+        environment = self.spec.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) for item in environment)
+        return {
+            str(name): "" if value is None else str(value) for name, value in environment.items()
+        }
+
+    @property
+    def healthcheck(self) -> list[str] | None:
+        check = self.spec.get("healthcheck")
+        if check is not None:
+            if check.get("disable"):
+                return None
+            return list(check["test"])
+        if self.dockerfile is not None:
+            return image_healthcheck(self.dockerfile)
+        return None
+
+    @property
+    def depends_on(self) -> dict[str, str]:
+        depends = self.spec.get("depends_on") or {}
+        if isinstance(depends, list):
+            return dict.fromkeys(depends, "service_started")
+        return {name: entry.get("condition", "service_started") for name, entry in depends.items()}
+
+    @property
+    def container_port(self) -> int | None:
+        port = option_value(self.command, "--port")
+        if port is not None:
+            return int(port)
+        return IMAGE_PORTS.get(self.image_repository)
+
+
+@dataclass
+class ComposeRun:
+    """Local processes for the services of one compose file, started in dependency order."""
+
+    services: dict[str, ComposeService]
+    work_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, Server] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    ports: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for service in self.services.values():
+            if service.container_port is not None:
+                self.ports[(service.name, service.container_port)] = free_port()
+        names = "|".join(re.escape(name) for name in sorted(self.services, key=len, reverse=True))
+        self._host_pattern = re.compile(rf"(?<![\w.-])({names}):(\d+)\b")
+
+    # Rewriting ---------------------------------------------------------------
+
+    def local_port(self, service: str) -> int:
+        port = self.services[service].container_port
+        if port is None:
+            raise KeyError(f"service {service} listens on no known port")
+        return self.ports[(service, port)]
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.local_port(service)}"
+
+    def rewrite_hosts(self, text: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            key = (match.group(1), int(match.group(2)))
+            return f"127.0.0.1:{self.ports[key]}" if key in self.ports else match.group(0)
+
+        return self._host_pattern.sub(replace, text)
+
+    def mounts(self, service: ComposeService) -> dict[str, Path]:
+        """Return container path to local folder for the volumes and tmpfs of `service`."""
+        mounts: dict[str, Path] = {}
+        for entry in service.spec.get("volumes", []):
+            source, target = str(entry).split(":")[:2]
+            if source.startswith((".", "/")):
+                mounts[target] = (ROOT / source).resolve()
+            else:
+                mounts[target] = self.work_dir / "volumes" / source
+        for target in service.spec.get("tmpfs", []):
+            mounts[str(target)] = self.work_dir / "tmpfs" / service.name / str(target).strip("/")
+        for folder in mounts.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return mounts
+
+    def rewrite_paths(self, text: str, mounts: dict[str, Path]) -> str:
+        if not mounts:
+            return text
+        targets = sorted(mounts, key=len, reverse=True)
+        pattern = re.compile(r"(?<![\w/.])(" + "|".join(map(re.escape, targets)) + r")(?=/|$)")
+        return pattern.sub(lambda match: str(mounts[match.group(1)]), text)
+
+    def rewrite(self, text: str, service: ComposeService) -> str:
+        return self.rewrite_paths(self.rewrite_hosts(text), self.mounts(service))
+
+    def local_command(self, service: ComposeService) -> list[str]:
+        command = [self.rewrite(argument, service) for argument in service.command]
+        if "--host" in command:
+            command[command.index("--host") + 1] = "127.0.0.1"
+        if "--port" in command:
+            command[command.index("--port") + 1] = str(self.local_port(service.name))
+        if command and command[0] == "python":
+            return [sys.executable, *command[1:]]
+        program = LOCAL_PROGRAMS.get(service.image_repository)
+        if program == "redis-server":
+            arguments = command[1:] if command and command[0] == "redis-server" else command
+            port = str(self.local_port(service.name))
+            return [program, *arguments, "--port", port, "--bind", "127.0.0.1"]
+        if program == "prometheus-pushgateway":
+            address = f"127.0.0.1:{self.local_port(service.name)}"
+            return [program, *command, f"--web.listen-address={address}"]
+        return command
+
+    def local_healthcheck(self, service: ComposeService) -> list[str] | None:
+        test = service.healthcheck
+        if test is None or test == ["NONE"]:
+            return None
+        if test[0] == "CMD-SHELL":
+            return ["sh", "-c", self.rewrite_own_address(test[1], service)]
+        if test[0] != "CMD":
+            raise ValueError(f"{service.name}: unsupported health check form {test!r}")
+        command = [self.rewrite_own_address(argument, service) for argument in test[1:]]
+        if command[0] == "python":
+            command[0] = sys.executable
+        if command[0] == "redis-cli":
+            port = str(self.local_port(service.name))
+            command = ["redis-cli", "-h", "127.0.0.1", "-p", port, *command[1:]]
+        return command
+
+    def rewrite_own_address(self, text: str, service: ComposeService) -> str:
+        """Point `127.0.0.1:<container port>` or `localhost:<port>` at the service's local port."""
+        port = service.container_port
+        if port is None:
+            return text
+        local = f"127.0.0.1:{self.local_port(service.name)}"
+        return re.sub(rf"\b(?:127\.0\.0\.1|localhost):{port}\b", local, text)
+
+    # Running -----------------------------------------------------------------
+
+    def why_not_runnable(self, service: ComposeService) -> str | None:
+        """Return why `service` cannot run here, or None when it can."""
+        if service.dockerfile is None:
+            program = LOCAL_PROGRAMS.get(service.image_repository)
+            if program is None:
+                return f"image {service.spec.get('image')} has no local stand-in"
+            if shutil.which(program) is None:
+                return f"{program} is not installed"
+            return None
+        command = service.command
+        module = option_value(command, "-m")
+        if command[:1] == ["python"] and module is not None:
+            package = ROOT.joinpath(*module.split("."))
+            if not (package.with_suffix(".py").is_file() or (package / "__main__.py").is_file()):
+                relative = package.relative_to(ROOT)
+                return f"module {module} does not exist ({relative}/__main__.py is missing)"
+        return None
+
+    def start_order(self) -> list[str]:
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            if name in visiting:
+                raise ComposeRunError(f"depends_on has a cycle through {name}")
+            visiting.add(name)
+            for dependency in self.services[name].depends_on:
+                visit(dependency)
+            visiting.discard(name)
+            order.append(name)
+
+        for name in self.services:
+            visit(name)
+        return order
+
+    def start(self, timeout: float = 300.0) -> None:
+        """Start every runnable service once the conditions of its dependencies hold."""
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name in self.start_order():
+            service = self.services[name]
+            reason = self.why_not_runnable(service)
+            if reason is not None:
+                self.skipped[name] = reason
+                continue
+            for dependency, condition in service.depends_on.items():
+                if dependency in self.skipped:
+                    continue
+                self.wait_for(dependency, condition, timeout)
+            self.launch(service)
+
+    def launch(self, service: ComposeService) -> None:
+        port = self.local_port(service.name) if service.container_port is not None else 0
+        environment = {
+            name: self.rewrite(value, service) for name, value in service.environment.items()
+        }
+        server = Server(
+            app=service.name,
+            port=port,
+            env={**environment, **self.extra_env},
+            log_path=self.work_dir / "logs" / f"{service.name}.log",
+            command=self.local_command(service),
+            isolated_prefixes=ISOLATED_PREFIXES,
+        )
+        server.launch()
+        self.servers[service.name] = server
+
+    def wait_for(self, name: str, condition: str, timeout: float) -> None:
+        if condition == "service_started":
+            return
+        if condition == "service_completed_successfully":
+            self.wait_completed(name, timeout)
+            return
+        if condition == "service_healthy":
+            self.wait_healthy(name, timeout)
+            return
+        raise ComposeRunError(f"unknown depends_on condition {condition!r} on {name}")
+
+    def wait_completed(self, name: str, timeout: float) -> None:
+        server = self.servers[name]
+        assert server.process is not None
+        try:
+            code = server.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ComposeRunError(
+                f"{name} still running after {timeout}s; log:\n{server.log()}"
+            ) from None
+        if code != 0:
+            raise ComposeRunError(f"{name} exited with status {code}; log:\n{server.log()}")
+
+    def wait_healthy(self, name: str, timeout: float) -> None:
+        service = self.services[name]
+        server = self.servers[name]
+        check = self.local_healthcheck(service)
+        if check is None:
+            raise ComposeRunError(f"{name} is a service_healthy dependency without a health check")
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.process is not None and server.process.poll() is not None:
+                raise ComposeRunError(f"{name} exited before it was healthy; log:\n{server.log()}")
+            result = subprocess.run(check, capture_output=True, text=True, timeout=30, check=False)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ComposeRunError(
+                    f"{name} not healthy after {timeout}s: {' '.join(check)} printed "
+                    f"{result.stdout}{result.stderr}; log:\n{server.log()}"
+                )
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.servers)):
+            self.servers[name].stop()
