@@ -3,9 +3,7 @@
 # user that can run with a read-only root file system. Build from the
 # repository root:
 #   docker build -f docker/gateway.Dockerfile -t visionserve/gateway:0.1.0 .
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY docker/requirements/serve.txt /tmp/constraints.txt
@@ -17,7 +15,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir -c /tmp/constraints.txt ".[serve]" 
     && /opt/venv/bin/pip uninstall --yes pip \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.14-slim-bookworm
 RUN groupadd --system --gid 10001 visionserve \
     && useradd --system --uid 10001 --gid visionserve --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin visionserve

@@ -3,9 +3,7 @@
 # torch), run as a non-root user that can run with a read-only root file
 # system. Build from the repository root:
 #   docker build -f docker/monitor.Dockerfile -t visionserve/monitor:0.1.0 .
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY docker/requirements/monitor.txt /tmp/constraints.txt
@@ -16,7 +14,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir -c /tmp/constraints.txt ".[monitor]
     && /opt/venv/bin/pip uninstall --yes pip \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.14-slim-bookworm
 # Docker gives a new named volume the owner of the folder it is mounted on, so
 # the non-root user can write reports to a volume at /reports.
 RUN groupadd --system --gid 10001 visionserve \

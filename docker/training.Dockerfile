@@ -3,9 +3,7 @@
 # models into a model repository. It has torch (CPU build) and runs as a
 # non-root user. Build from the repository root:
 #   docker build -f docker/training.Dockerfile -t visionserve/training:0.1.0 .
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.14-slim-bookworm AS build
 # The CPU builds of torch and torchvision. PyPI's Linux torch wheels are CUDA
 # builds of several GB. pip takes 2.14.1+cpu from this index for torch==2.14.1,
 # because a local version label ranks above the plain release.
@@ -23,7 +21,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_UR
     && /opt/venv/bin/pip uninstall --yes pip \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.14-slim-bookworm
 # OpenCV, which ultralytics imports, links libGL and GLib. Docker gives a new
 # named volume the owner of the folder it is mounted on, so the non-root user
 # can write models to a volume at /models.
