@@ -76,8 +76,8 @@ def _requirements_of(name: str, extras: Iterable[str]) -> list[Requirement]:
     if canonicalize_name(name) == PROJECT:
         return [req for req in _project_requirements(extras) if _applies(req, "")]
     requirements = [Requirement(text) for text in metadata.requires(name) or []]
-    wanted = ["", *extras]
-    return [req for req in requirements if any(_applies(req, extra) for extra in wanted)]
+    active_extras = ["", *extras]
+    return [req for req in requirements if any(_applies(req, extra) for extra in active_extras)]
 
 
 def resolve_extra(extra: str) -> list[Pin]:

@@ -46,7 +46,7 @@ class Server:
     # services.serve launcher, for example.
     command: list[str] = field(default_factory=list)
     # Variables with these prefixes are not inherited from this process, so
-    # that the service sees only the settings in `env`.
+    # that the service gets only the settings in `env`.
     isolated_prefixes: tuple[str, ...] = ()
 
     @property

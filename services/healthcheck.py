@@ -1,4 +1,4 @@
-"""Exit 0 when a URL answers 200, else 1: the health check command of the container images.
+"""Exit 0 when a URL returns 200, else 1: the health check command of the container images.
 
     python -m services.healthcheck http://127.0.0.1:8001/readyz
 

@@ -12,8 +12,8 @@ compose arguments. Everything listens on 127.0.0.1 on free ports:
 - `depends_on` conditions are honoured, and health checks run the compose (or
   Dockerfile) health check command locally with the same rewriting.
 
-A service whose program is missing here is not started, and `skipped` says
-why: Prometheus and Grafana, for example, are left out. Their host names
+A service whose program is missing here is not started, and `skipped`
+records the reason. Prometheus and Grafana, for example, are left out. Their host names
 still map to ports on which nothing listens.
 """
 
@@ -39,8 +39,8 @@ IMAGE_PORTS = {
     "grafana/grafana": 3000,
 }
 LOCAL_PROGRAMS = {"redis": "redis-server", "prom/pushgateway": "prometheus-pushgateway"}
-# Settings the test process must not pass on: each service sees only what
-# the compose file gives it.
+# Settings the test process must not pass on, so that each service gets only
+# what the compose file gives it.
 ISOLATED_PREFIXES = ("VS_",)
 
 

@@ -1,9 +1,9 @@
 """Environment variables, ports and probe paths in compose and Kubernetes match the services' code.
 
 Every `VS_*` variable that docker-compose.yml, a Dockerfile or a built
-Kubernetes overlay gives a container must be a field of that service's
-settings class, under the prefix of the service the container runs; a typo
-fails here instead of being ignored at run time. The values must also pass
+Kubernetes overlay gives a container must be a field of the settings class of
+the service that the container runs. pydantic-settings ignores unknown
+variables, so a typo fails here instead of being ignored at run time. The values must also pass
 the settings' own validation. Ports, probe paths and service URLs must name
 ports that the services listen on and routes that they serve.
 """
@@ -53,9 +53,8 @@ SETTINGS_CLASSES: dict[str, type[BaseSettings]] = {
     "VS_GATEWAY_": GatewaySettings,
 }
 MONITOR_PREFIX = "VS_MONITOR_"
-# The variables that the drift job reads, agreed before its settings class
-# exists on this branch. Once monitoring/ has a settings class with this
-# prefix, the test uses that class instead.
+# The variables that the drift job reads, used while monitoring/ has no
+# settings class with this prefix. Once it has one, the test uses that class.
 MONITOR_CONTRACT = {
     "REDIS_URL",
     "PUSHGATEWAY_URL",

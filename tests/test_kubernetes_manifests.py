@@ -27,7 +27,7 @@ from tests.deploy_manifests import (
 from tests.servers import ROOT
 
 # The version of deploy/k8s/overlays/aws/eksctl-cluster.yaml, and the newest
-# version that the installed kubernetes-validate knows.
+# version whose schemas the installed kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.latest_version())
 CUSTOM_RESOURCES = {
     "ServiceMonitor": "Prometheus Operator CRD; kubernetes-validate has no schema for it",
@@ -100,7 +100,7 @@ def test_serving_deployments_autoscale(overlay: str) -> None:
     objects = overlay_objects(overlay)
     for name in SERVING_DEPLOYMENTS:
         deployment = find_object(objects, "Deployment", name)
-        # The autoscaler owns the replica count; a fixed one would fight it.
+        # The autoscaler sets the replica count, and a fixed one would undo it.
         assert "replicas" not in deployment["spec"], name
         autoscaler = find_object(objects, "HorizontalPodAutoscaler", name)
         assert autoscaler["spec"]["scaleTargetRef"]["name"] == name
