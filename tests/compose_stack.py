@@ -1,20 +1,23 @@
 """Run the services of docker-compose.yml as local processes, without Docker.
 
 Each service built from this repository runs its compose `command`, or else
-its Dockerfile's CMD, with the compose environment. Redis and the Pushgateway
-run as the local `redis-server` and `prometheus-pushgateway` programs with the
-compose arguments. Everything listens on 127.0.0.1 on free ports:
+its Dockerfile's CMD, with the compose environment. Redis, the Pushgateway
+and Prometheus run as the local `redis-server`, `prometheus-pushgateway` and
+`prometheus` programs with the compose arguments. Everything listens on
+127.0.0.1 on free ports:
 
 - `<service>:<port>` in an environment value or command becomes
   `127.0.0.1:<free port>`, and `--host`/`--port` options are replaced;
 - a volume's or tmpfs' container path becomes a folder under the work folder,
-  and a bind mount's source is resolved against the repository;
+  a bind mount's source is resolved against the repository, and a read-only
+  bind mount of a folder is copied with the host names in its configuration
+  files rewritten;
 - `depends_on` conditions are honoured, and health checks run the compose (or
   Dockerfile) health check command locally with the same rewriting.
 
 A service whose program is missing here is not started, and `skipped`
-records the reason. Prometheus and Grafana, for example, are left out. Their host names
-still map to ports on which nothing listens.
+records the reason: Grafana, for example, has no local stand-in. Its host
+name still maps to a port on which nothing listens.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ IMAGE_PORTS = {
     "prom/prometheus": 9090,
     "grafana/grafana": 3000,
 }
-LOCAL_PROGRAMS = {"redis": "redis-server", "prom/pushgateway": "prometheus-pushgateway"}
+LOCAL_PROGRAMS = {
+    "redis": "redis-server",
+    "prom/pushgateway": "prometheus-pushgateway",
+    "prom/prometheus": "prometheus",
+}
+# Files in read-only bind mounts whose service host names are rewritten.
+CONFIG_SUFFIXES = {".yml", ".yaml", ".json"}
 # Settings the test process must not pass on, so that each service gets only
 # what the compose file gives it.
 ISOLATED_PREFIXES = ("VS_",)
@@ -120,6 +129,7 @@ class ComposeRun:
     servers: dict[str, Server] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     ports: dict[tuple[str, int], int] = field(default_factory=dict)
+    _mounts: dict[str, dict[str, Path]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         for service in self.services.values():
@@ -147,19 +157,39 @@ class ComposeRun:
         return self._host_pattern.sub(replace, text)
 
     def mounts(self, service: ComposeService) -> dict[str, Path]:
-        """Return container path to local folder for the volumes and tmpfs of `service`."""
+        """Return container path to local folder for the volumes and tmpfs of `service`.
+
+        A read-only bind mount of a folder becomes a copy in which the service
+        host names of the configuration files point at the local ports.
+        """
+        if service.name in self._mounts:
+            return self._mounts[service.name]
         mounts: dict[str, Path] = {}
         for entry in service.spec.get("volumes", []):
-            source, target = str(entry).split(":")[:2]
-            if source.startswith((".", "/")):
-                mounts[target] = (ROOT / source).resolve()
-            else:
+            source, target, *options = str(entry).split(":")
+            if not source.startswith((".", "/")):
                 mounts[target] = self.work_dir / "volumes" / source
+                mounts[target].mkdir(parents=True, exist_ok=True)
+                continue
+            local = (ROOT / source).resolve()
+            read_only = bool(options) and "ro" in options[0].split(",")
+            if read_only and local.is_dir():
+                local = self.copy_with_local_hosts(local, service)
+            mounts[target] = local
         for target in service.spec.get("tmpfs", []):
-            mounts[str(target)] = self.work_dir / "tmpfs" / service.name / str(target).strip("/")
-        for folder in mounts.values():
+            folder = self.work_dir / "tmpfs" / service.name / str(target).strip("/")
             folder.mkdir(parents=True, exist_ok=True)
+            mounts[str(target)] = folder
+        self._mounts[service.name] = mounts
         return mounts
+
+    def copy_with_local_hosts(self, source: Path, service: ComposeService) -> Path:
+        copy = self.work_dir / "binds" / service.name / source.name
+        shutil.copytree(source, copy, dirs_exist_ok=True)
+        for path in copy.rglob("*"):
+            if path.suffix in CONFIG_SUFFIXES:
+                path.write_text(self.rewrite_hosts(path.read_text()))
+        return copy
 
     def rewrite_paths(self, text: str, mounts: dict[str, Path]) -> str:
         if not mounts:
@@ -184,7 +214,7 @@ class ComposeRun:
             arguments = command[1:] if command and command[0] == "redis-server" else command
             port = str(self.local_port(service.name))
             return [program, *arguments, "--port", port, "--bind", "127.0.0.1"]
-        if program == "prometheus-pushgateway":
+        if program in {"prometheus-pushgateway", "prometheus"}:
             address = f"127.0.0.1:{self.local_port(service.name)}"
             return [program, *command, f"--web.listen-address={address}"]
         return command

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,8 @@ pytestmark = pytest.mark.slow
 CLASSIFIER_MODELS = ("imagenet-efficientnet-lite0", "digits-cnn")
 DETECTOR_MODEL = "digits-yolov8n"
 # The services the stack cannot work without. The monitor runs only once its
-# module exists, and Prometheus and Grafana have no local stand-in here.
+# module exists, Prometheus and the Pushgateway only where their programs are
+# installed, and Grafana has no local stand-in.
 REQUIRED_SERVICES = {
     "redis",
     "models-classifiers",
@@ -54,6 +56,9 @@ REQUIRED_SERVICES = {
 # drain period, so that the teardown does not wait for it.
 TEST_ENV = {"VS_GATEWAY_SHUTDOWN_DRAIN_SECONDS": "0"}
 GREY = (128, 128, 128)
+# prometheus.yml scrapes every 15 s, and the first scrape of a target comes
+# at a random offset within that interval.
+SCRAPE_TIMEOUT_SECONDS = 60
 
 
 def fill_model_volume(models: Path) -> None:
@@ -150,6 +155,23 @@ def test_detect_through_gateway(stack: ComposeRun, api_key: str) -> None:
     assert response.status_code == 200, response.text
     labels = {box["label"] for box in response.json()["detections"]}
     assert labels == {"red"}, response.json()
+
+
+def test_prometheus_scrapes_services(stack: ComposeRun) -> None:
+    if "prometheus" not in stack.servers:
+        pytest.skip(f"prometheus not started: {stack.skipped.get('prometheus')}")
+    expected = {"gateway", "classifier", "detector"}
+    if "pushgateway" in stack.servers:
+        expected.add("pushgateway")
+    deadline = time.monotonic() + SCRAPE_TIMEOUT_SECONDS
+    while True:
+        response = httpx.get(f"{stack.url('prometheus')}/api/v1/query", params={"query": "up"})
+        results = response.json()["data"]["result"]
+        up = {result["metric"]["job"] for result in results if result["value"][1] == "1"}
+        if up >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert up >= expected, results
 
 
 def test_model_services_publish_to_redis(stack: ComposeRun) -> None:
