@@ -8,10 +8,10 @@ and Prometheus run as the local `redis-server`, `prometheus-pushgateway` and
 
 - `<service>:<port>` in an environment value or command becomes
   `127.0.0.1:<free port>`, and `--host`/`--port` options are replaced;
-- a volume's or tmpfs' container path becomes a folder under the work folder,
-  a bind mount's source is resolved against the repository, and a read-only
-  bind mount of a folder is copied with the host names in its configuration
-  files rewritten;
+- a volume's or tmpfs' container path becomes a folder under the work folder;
+- a bind mount's source is resolved against the repository. A read-only bind
+  mount of a folder is copied, with the host names in its configuration files
+  rewritten;
 - `depends_on` conditions are honoured, and health checks run the compose (or
   Dockerfile) health check command locally with the same rewriting.
 
