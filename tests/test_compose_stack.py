@@ -59,6 +59,8 @@ GREY = (128, 128, 128)
 # prometheus.yml scrapes every 15 s, and the first scrape of a target comes
 # at a random offset within that interval.
 SCRAPE_TIMEOUT_SECONDS = 60
+# The monitor's first check starts right away, and reads little with these few requests.
+REPORT_TIMEOUT_SECONDS = 60
 
 
 def fill_model_volume(models: Path) -> None:
@@ -172,6 +174,17 @@ def test_prometheus_scrapes_services(stack: ComposeRun) -> None:
             break
         time.sleep(1)
     assert up >= expected, results
+
+
+def test_monitor_writes_report(stack: ComposeRun) -> None:
+    if "monitor" not in stack.servers:
+        pytest.skip(f"monitor not started: {stack.skipped.get('monitor')}")
+    monitor = stack.services["monitor"]
+    reports = stack.mounts(monitor)[monitor.environment["VS_MONITOR_REPORT_DIR"]]
+    deadline = time.monotonic() + REPORT_TIMEOUT_SECONDS
+    while not any(reports.iterdir()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert any(reports.iterdir()), stack.servers["monitor"].log()
 
 
 def test_model_services_publish_to_redis(stack: ComposeRun) -> None:
