@@ -23,6 +23,7 @@ import pytest
 import redis
 from PIL import Image
 
+from services.common.prediction_record import prediction_log_key
 from services.common.redis_keys import DEFAULT_KEY_PREFIX, live_version_key
 from tests.compose_files import ENV_EXAMPLE, load_compose, read_env_file
 from tests.compose_stack import ComposeRun, ComposeService
@@ -61,6 +62,7 @@ GREY = (128, 128, 128)
 SCRAPE_TIMEOUT_SECONDS = 60
 # The monitor's first check starts right away, and reads little with these few requests.
 REPORT_TIMEOUT_SECONDS = 60
+REDIS_WRITE_TIMEOUT_SECONDS = 30
 
 
 def fill_model_volume(models: Path) -> None:
@@ -189,12 +191,21 @@ def test_monitor_writes_report(stack: ComposeRun) -> None:
 
 def test_model_services_publish_to_redis(stack: ComposeRun) -> None:
     client = redis.Redis(port=stack.local_port("redis"), socket_timeout=5)
+    expected = set()
+    for service, model in (("classifier", CLASSIFIER_MODELS[0]), ("detector", DETECTOR_MODEL)):
+        expected.add(live_version_key(DEFAULT_KEY_PREFIX, service, model))
+        expected.add(prediction_log_key(DEFAULT_KEY_PREFIX, service, model))
+    # The prediction log is written by a background task, shortly after the response.
+    deadline = time.monotonic() + REDIS_WRITE_TIMEOUT_SECONDS
     try:
-        keys = {key.decode() for key in client.scan_iter(match=f"{DEFAULT_KEY_PREFIX}:*")}
+        while True:
+            keys = {key.decode() for key in client.scan_iter(match=f"{DEFAULT_KEY_PREFIX}:*")}
+            if expected <= keys or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     finally:
         client.close()
-    for service, model in (("classifier", CLASSIFIER_MODELS[0]), ("detector", DETECTOR_MODEL)):
-        assert live_version_key(DEFAULT_KEY_PREFIX, service, model) in keys, sorted(keys)
+    assert expected <= keys, sorted(keys)
 
 
 def test_services_still_running(stack: ComposeRun) -> None:
