@@ -1,5 +1,9 @@
 """Read docker-compose.yml, .env.example and the Dockerfiles the way Docker would.
 
+`ComposeService` gives the command, environment, health check and
+dependencies of one compose service, falling back to its Dockerfile's CMD and
+HEALTHCHECK as Docker does.
+
 Compose variable interpolation (`${NAME}`, `${NAME:-default}`, `${NAME-default}`,
 `${NAME:?message}`, `${NAME?message}` and `$$`) follows the Compose
 specification's interpolation section. Dockerfile parsing covers what the
@@ -21,6 +25,14 @@ from tests.servers import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
+
+# Container ports of the images that are not built from this repository.
+IMAGE_PORTS = {
+    "redis": 6379,
+    "prom/pushgateway": 9091,
+    "prom/prometheus": 9090,
+    "grafana/grafana": 3000,
+}
 
 _VARIABLE = re.compile(
     r"\$(?:(?P<escaped>\$)|\{(?P<name>\w+)(?:(?P<operator>:?[-?])(?P<argument>[^}]*))?\}"
@@ -155,3 +167,65 @@ def option_value(command: list[str], option: str) -> str | None:
         if argument == option:
             return command[index + 1]
     return None
+
+
+@dataclass
+class ComposeService:
+    name: str
+    spec: dict[str, Any]
+
+    @property
+    def image_repository(self) -> str:
+        return str(self.spec.get("image", "")).split(":")[0]
+
+    @property
+    def dockerfile(self) -> Path | None:
+        build = self.spec.get("build")
+        if build is None:
+            return None
+        if isinstance(build, str):
+            return ROOT / build / "Dockerfile"
+        return ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+
+    @property
+    def command(self) -> list[str]:
+        command = self.spec.get("command")
+        if command is not None:
+            return list(command)
+        if self.dockerfile is not None:
+            return image_command(self.dockerfile)
+        return []
+
+    @property
+    def environment(self) -> dict[str, str]:
+        environment = self.spec.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) for item in environment)
+        return {
+            str(name): "" if value is None else str(value) for name, value in environment.items()
+        }
+
+    @property
+    def healthcheck(self) -> list[str] | None:
+        check = self.spec.get("healthcheck")
+        if check is not None:
+            if check.get("disable"):
+                return None
+            return list(check["test"])
+        if self.dockerfile is not None:
+            return image_healthcheck(self.dockerfile)
+        return None
+
+    @property
+    def depends_on(self) -> dict[str, str]:
+        depends = self.spec.get("depends_on") or {}
+        if isinstance(depends, list):
+            return dict.fromkeys(depends, "service_started")
+        return {name: entry.get("condition", "service_started") for name, entry in depends.items()}
+
+    @property
+    def container_port(self) -> int | None:
+        port = option_value(self.command, "--port")
+        if port is not None:
+            return int(port)
+        return IMAGE_PORTS.get(self.image_repository)

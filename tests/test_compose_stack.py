@@ -25,8 +25,8 @@ from PIL import Image
 
 from services.common.prediction_record import prediction_log_key
 from services.common.redis_keys import DEFAULT_KEY_PREFIX, live_version_key
-from tests.compose_files import ENV_EXAMPLE, load_compose, read_env_file
-from tests.compose_stack import ComposeRun, ComposeService
+from tests.compose_files import ENV_EXAMPLE, ComposeService, load_compose, read_env_file
+from tests.compose_stack import ComposeRun
 from tests.detection_models import (
     COLOUR_INPUT_SIZE,
     colour_detector,

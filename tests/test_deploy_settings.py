@@ -30,13 +30,13 @@ from services.gateway.api import router as gateway_router
 from services.gateway.settings import GatewaySettings
 from tests.compose_files import (
     ENV_EXAMPLE,
+    ComposeService,
     final_stage,
     image_command,
     load_compose,
     option_value,
     read_env_file,
 )
-from tests.compose_stack import ComposeService
 from tests.deploy_manifests import (
     DOCKERFILES,
     OVERLAYS,
