@@ -48,7 +48,7 @@ class ServiceSettings(BaseSettings):
     )
 
 
-SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 class InvalidSettingsError(ValueError):
