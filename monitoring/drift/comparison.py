@@ -14,7 +14,7 @@ from monitoring.drift.statistics import (
     population_stability_index,
 )
 from services.common.input_stats import INPUT_FEATURES
-from services.common.prediction_record import PredictionRecord
+from services.common.prediction_record import SCORE_DECIMALS, PredictionRecord
 from services.common.reference_profile import (
     OUTPUT_FEATURES,
     REFERENCE_FILENAME,
@@ -172,9 +172,14 @@ def _compare_feature(
     records: Sequence[PredictionRecord],
     settings: MonitorSettings,
 ) -> FeatureComparison:
+    reference_values = list(reference.features[feature])
+    if feature == "confidence":
+        # Otherwise a reference value of exactly 1/3 and its logged 0.333333
+        # fall into different PSI bins.
+        reference_values = [round(value, SCORE_DECIMALS) for value in reference_values]
     comparison = FeatureComparison(
         feature=feature,
-        reference=list(reference.features[feature]),
+        reference=reference_values,
         live=live_values(records, feature),
         counts_for_drift=feature in settings.drift_features,
     )

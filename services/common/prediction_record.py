@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass
 from services.common.input_stats import INPUT_FEATURES, InputStats
 from services.common.metadata import Task
 
+# Scores are logged with this many decimals to keep entries short. The drift
+# job rounds reference confidences the same way before comparing them.
+SCORE_DECIMALS = 6
 _PIXEL_FEATURES = tuple(name for name in INPUT_FEATURES if name not in ("width", "height"))
 
 
@@ -51,7 +54,7 @@ class PredictionRecord:
             "task": self.task,
             "request_id": self.request_id,
             "labels": json.dumps(list(self.labels)),
-            "scores": json.dumps([round(score, 6) for score in self.scores]),
+            "scores": json.dumps([round(score, SCORE_DECIMALS) for score in self.scores]),
         }
         for name, value in asdict(self.inputs).items():
             fields[name] = repr(value)
