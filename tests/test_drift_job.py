@@ -2,7 +2,7 @@
 
 The classifier serves the colour model of tests/onnx_models.py. The tests send
 random crops of scikit-image photos to it and write one prediction record per
-image, made of the classifier's top-1 answer and `measure_input` of the same
+image, made of the classifier's top-1 prediction and `measure_input` of the same
 bytes, to a stream below a test key prefix on the shared Redis.
 The reference profile and the live traffic are different random crops of the
 same photos. Darkened, blurred and rotated copies of the live crops must drift.
@@ -410,7 +410,7 @@ def test_gauges_reach_pushgateway(
         assert pushed_value(pushgateway, "visionserve_drift_detected", **small) == 0.0
         assert pushed_value(pushgateway, "visionserve_drift_score", **small) is None
 
-        # A later run that sees only the other model replaces only that model's group.
+        # A later run that reads only the other model replaces only that model's group.
         with shared_redis_prefix("drift-other") as other_prefix:
             write_stream(other_prefix, live_records[:30], model="colours-small")
             rerun = monitor_settings(

@@ -1,4 +1,4 @@
-"""Which request stage dominates latency, per service and model, from Prometheus.
+"""Mean time per request stage of each service and model, and the dominant stage, from Prometheus.
 
 The services observe `visionserve_stage_duration_seconds{service, model, stage}`
 once per request and stage. The mean time of a stage over the window is

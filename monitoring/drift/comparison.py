@@ -49,7 +49,7 @@ class FeatureComparison:
     live: list[float]
     counts_for_drift: bool
     scores: list[Score] = field(default_factory=list)
-    note: str = ""  # why there are no scores, when there are none
+    note: str = ""  # reason for the missing scores, empty when scored
 
 
 @dataclass

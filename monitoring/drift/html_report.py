@@ -175,10 +175,11 @@ def histogram_svg(data: dict[str, Any]) -> str:
 def label_bars_svg(reference: dict[str, float], live: dict[str, float]) -> str:
     """Draw the label shares, most frequent reference labels first, at most 30 labels."""
     labels = sorted(set(reference) | set(live), key=lambda label: -reference.get(label, 0.0))
-    shown = labels[:30]
-    pairs = [(reference.get(label, 0.0), live.get(label, 0.0)) for label in shown]
-    caption = f"{len(shown)} of {len(labels)} labels" if len(labels) > len(shown) else ""
-    return _bars_svg(pairs, (", ".join(shown[:3]) + (" ..." if len(shown) > 3 else ""), caption))
+    drawn_labels = labels[:30]
+    pairs = [(reference.get(label, 0.0), live.get(label, 0.0)) for label in drawn_labels]
+    caption = f"{len(drawn_labels)} of {len(labels)} labels" if len(labels) > 30 else ""
+    first_labels = ", ".join(drawn_labels[:3]) + (" ..." if len(drawn_labels) > 3 else "")
+    return _bars_svg(pairs, (first_labels, caption))
 
 
 def _bottleneck_section(bottlenecks: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from services.common.redis_keys import DEFAULT_KEY_PREFIX, check_key_prefix, che
 
 WatchedService = Literal["classifier", "detector"]
 WATCHED_SERVICES: tuple[WatchedService, ...] = ("classifier", "detector")
-# `predicted_class` is compared with JS divergence only; the others with PSI and KS.
+# `predicted_class` is compared with JS divergence only, and the other features with PSI and KS.
 DRIFT_FEATURES = (*INPUT_FEATURES, "confidence", "box_count", "predicted_class")
 _PROMETHEUS_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 
