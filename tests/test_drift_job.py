@@ -39,7 +39,6 @@ from services.common.input_stats import INPUT_FEATURES, measure_input
 from services.common.prediction_record import PredictionRecord, prediction_log_key
 from services.common.reference_profile import ReferenceProfile, write_reference
 from tests.drift_servers import (
-    BinaryServer,
     needs_prometheus,
     running_prometheus,
     running_pushgateway,
@@ -152,12 +151,12 @@ def only_version(run: DriftRun) -> Any:
     return run.results[0]
 
 
-def pushed_samples(pushgateway: BinaryServer) -> list[Any]:
+def pushed_samples(pushgateway: Server) -> list[Any]:
     text = httpx.get(f"{pushgateway.url}/metrics", timeout=10.0).text
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
-def pushed_value(pushgateway: BinaryServer, name: str, **labels: str) -> float | None:
+def pushed_value(pushgateway: Server, name: str, **labels: str) -> float | None:
     for sample in pushed_samples(pushgateway):
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
             return float(sample.value)
@@ -525,7 +524,7 @@ def test_bottleneck_section_skipped_without_prometheus(prefix: str, tmp_path: Pa
     assert "VS_MONITOR_PROMETHEUS_URL is not set" in bottlenecks["note"]
 
 
-def query(prometheus: BinaryServer, expression: str) -> list[Any]:
+def query(prometheus: Server, expression: str) -> list[Any]:
     response = httpx.get(f"{prometheus.url}/api/v1/query", params={"query": expression}, timeout=10)
     result: list[Any] = response.json()["data"]["result"]
     return result
