@@ -120,6 +120,8 @@ def test_js_of_empty_side_raises() -> None:
         ("VS_MONITOR_KS_THRESHOLD", "1.5", "VS_MONITOR_KS_THRESHOLD"),
         ("VS_MONITOR_SERVICES", '["gateway"]', "VS_MONITOR_SERVICES"),
         ("VS_MONITOR_SERVICES", '["classifier", "classifier"]', "more than once"),
+        ("VS_MONITOR_SERVICES", "classifier", "must be a JSON list"),
+        ("VS_MONITOR_DRIFT_FEATURES", "brightness,", "VS_MONITOR_DRIFT_FEATURES"),
         ("VS_MONITOR_DRIFT_FEATURES", '["colour"]', "unknown feature colour"),
         ("VS_MONITOR_REDIS_URL", "", "must be set"),
         ("VS_MONITOR_REDIS_URL", "http://127.0.0.1:6379", "expected a Redis URL"),
@@ -138,7 +140,9 @@ def test_invalid_settings_raise(
 
 def test_settings_defaults_and_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VS_MONITOR_PUSHGATEWAY_URL", "http://127.0.0.1:9091/")
+    monkeypatch.setenv("VS_MONITOR_DRIFT_FEATURES", '["brightness", "predicted_class"]')
     settings = load_settings(MonitorSettings)
+    assert settings.drift_features == ["brightness", "predicted_class"]
     assert settings.pushgateway_url == "http://127.0.0.1:9091"
     assert settings.prometheus_url == ""
     assert settings.services == ["classifier", "detector"]

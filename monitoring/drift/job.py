@@ -69,7 +69,7 @@ def run_once(settings: MonitorSettings) -> DriftRun:
             logger.info(
                 "drift verdict",
                 extra={
-                    "service": result.service,
+                    "model_service": result.service,
                     "model": result.model,
                     "version": result.version,
                     "verdict": result.verdict,
@@ -117,31 +117,48 @@ def read_windows(settings: MonitorSettings, run: DriftRun) -> list[StreamWindow]
         for service in settings.services:
             try:
                 models = find_models(client, settings.redis_key_prefix, service)
-                for model in models:
-                    window = read_window(
-                        client,
-                        settings.redis_key_prefix,
-                        service,
-                        model,
-                        max_records=settings.window_max_records,
-                        max_age_seconds=settings.window_max_age_seconds,
-                    )
-                    windows.append(window)
-                    run.streams.append(
-                        StreamSummary(
-                            service, model, window.key, len(window.records), window.malformed
-                        )
-                    )
             except redis.RedisError as error:
                 run.error(
                     "reading the prediction log failed",
-                    service=service,
+                    model_service=service,
                     redis_url=redacted_url(settings.redis_url),
                     error=error,
                 )
+                continue
+            for model in models:
+                window = read_model_window(client, settings, service, model, run)
+                if window is not None:
+                    windows.append(window)
     finally:
         client.close()
     return windows
+
+
+def read_model_window(
+    client: redis.Redis, settings: MonitorSettings, service: str, model: str, run: DriftRun
+) -> StreamWindow | None:
+    try:
+        window = read_window(
+            client,
+            settings.redis_key_prefix,
+            service,
+            model,
+            max_records=settings.window_max_records,
+            max_age_seconds=settings.window_max_age_seconds,
+        )
+    except redis.RedisError as error:
+        run.error(
+            "reading the prediction log failed",
+            model_service=service,
+            model=model,
+            redis_url=redacted_url(settings.redis_url),
+            error=error,
+        )
+        return None
+    run.streams.append(
+        StreamSummary(service, model, window.key, len(window.records), window.malformed)
+    )
+    return window
 
 
 def push_results(
@@ -153,7 +170,7 @@ def push_results(
         # urllib's URLError, raised when the Pushgateway is down, is an OSError.
         run.error(
             "pushing the drift gauges failed",
-            service=window.service,
+            model_service=window.service,
             model=window.model,
             url=settings.pushgateway_url,
             error=error,

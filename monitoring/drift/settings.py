@@ -5,13 +5,14 @@ List and dict values are JSON, for example `VS_MONITOR_SERVICES='["classifier"]'
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.common.input_stats import INPUT_FEATURES
 from services.common.redis_keys import DEFAULT_KEY_PREFIX, check_key_prefix, check_redis_url
@@ -46,7 +47,7 @@ class MonitorSettings(BaseSettings):
         default=Path("models"),
         description="Folder laid out as <name>/<version>/, where each reference.json is read.",
     )
-    services: list[WatchedService] = Field(
+    services: Annotated[list[WatchedService], NoDecode] = Field(
         default_factory=lambda: list(WATCHED_SERVICES),
         min_length=1,
         description="Services whose prediction logs are checked, as a JSON list.",
@@ -90,7 +91,7 @@ class MonitorSettings(BaseSettings):
             "Jensen-Shannon divergence (base 2) of the predicted labels above which they drift."
         ),
     )
-    drift_features: list[str] = Field(
+    drift_features: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DRIFT_FEATURES),
         min_length=1,
         description=(
@@ -138,6 +139,18 @@ class MonitorSettings(BaseSettings):
     @classmethod
     def _redis_key_prefix(cls, value: str) -> str:
         return check_key_prefix(value)
+
+    @field_validator("services", "drift_features", mode="before")
+    @classmethod
+    def _list_from_json(cls, value: Any) -> Any:
+        # NoDecode leaves environment values as text, so that a parse error
+        # becomes a validation error naming the variable, like any other.
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f'must be a JSON list such as ["classifier"], got {value!r}') from None
 
     @field_validator("services", mode="after")
     @classmethod
