@@ -438,16 +438,19 @@ def test_cli_rejects_invalid_settings() -> None:
     assert "VS_MONITOR_JS_THRESHOLD" in completed.stderr
 
 
-def test_cli_once_survives_unreachable_redis(tmp_path: Path) -> None:
+def test_cli_once_survives_unreachable_services(tmp_path: Path) -> None:
     closed_port = free_port()
     env = {
         "VS_MONITOR_REDIS_URL": f"redis://127.0.0.1:{closed_port}/0",
         "VS_MONITOR_PUSHGATEWAY_URL": f"http://127.0.0.1:{free_port()}",
+        "VS_MONITOR_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}",
         "VS_MONITOR_REPORT_DIR": str(tmp_path),
     }
     completed = run_cli(env, "--once")
     assert completed.returncode == 0, completed.stderr
-    errors = json.loads((tmp_path / JSON_REPORT).read_text())["errors"]
+    report = json.loads((tmp_path / JSON_REPORT).read_text())
+    assert report["bottlenecks"]["note"].startswith("failed: query")
+    errors = report["errors"]
     assert any("reading the prediction log failed" in error for error in errors)
     assert any("pushing the drift thresholds failed" in error for error in errors)
     assert "reading the prediction log failed" in completed.stderr

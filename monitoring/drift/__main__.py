@@ -2,7 +2,7 @@
 
 Exit status: 0 after a run or a stopped loop, also when Redis, the
 Pushgateway or Prometheus were unreachable (the report lists those errors),
-and 2 when the settings are invalid.
+and 2 when the settings or the arguments are invalid.
 """
 
 from __future__ import annotations
