@@ -139,6 +139,28 @@ def test_images_without_boxes_have_no_confidence(
     assert "box_count" in result.drifting_features
 
 
+def test_unreadable_reference_is_reported(
+    tmp_path: Path, settings: MonitorSettings, photo_stats: InputStats
+) -> None:
+    live = detections(300, 3.0, 2, photo_stats, (0.5, 0.3, 0.2))
+    (tmp_path / MODEL / "2" / "reference.json").mkdir(parents=True)
+    result = compare_version("detector", MODEL, 2, live, settings)
+    assert result.verdict == "invalid reference"
+    assert result.message.startswith("reading ")
+
+
+def test_invalid_reference_is_reported(
+    tmp_path: Path, settings: MonitorSettings, photo_stats: InputStats
+) -> None:
+    live = detections(300, 3.0, 2, photo_stats, (0.5, 0.3, 0.2))
+    version_dir = tmp_path / MODEL / "3"
+    version_dir.mkdir(parents=True)
+    (version_dir / "reference.json").write_text('{"format": 1}')
+    result = compare_version("detector", MODEL, 3, live, settings)
+    assert result.verdict == "invalid reference"
+    assert "is invalid" in result.message
+
+
 def test_records_of_other_task_are_rejected(
     settings: MonitorSettings, photo_stats: InputStats
 ) -> None:

@@ -138,6 +138,10 @@ def compare_version(
         result.verdict = "invalid reference"
         result.message = f"{result.reference_path} is invalid: {error}"
         return result
+    except OSError as error:
+        result.verdict = "invalid reference"
+        result.message = f"reading {result.reference_path} failed: {error}"
+        return result
 
     result.task = reference.task
     tasks = {record.task for record in records}
