@@ -1,10 +1,11 @@
-"""PSI, KS and JS divergence of the drift job on known distributions, and its settings."""
+"""Drift statistics on known distributions, the monitor settings and the report histograms."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from monitoring.drift.report import histogram
 from monitoring.drift.settings import MonitorSettings
 from monitoring.drift.statistics import (
     bin_shares,
@@ -148,3 +149,13 @@ def test_settings_defaults_and_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.services == ["classifier", "detector"]
     assert settings.threshold("psi") == 0.2
     assert settings.threshold("js") == 0.1
+
+
+def test_report_histogram_counts_outliers_in_end_bins() -> None:
+    reference = [float(value) for value in range(1000)]
+    live = [*reference[:999], 1e9]
+    result = histogram(reference, live, bins=10)
+    assert result["edges"][-1] < 1000
+    assert sum(result["live"]) == pytest.approx(1.0)
+    assert sum(result["reference"]) == pytest.approx(1.0)
+    assert result["live"][-1] == pytest.approx(result["reference"][-1], abs=0.002)

@@ -31,18 +31,24 @@ HISTOGRAM_BINS = 20
 def histogram(
     reference: list[float], live: list[float], bins: int = HISTOGRAM_BINS
 ) -> dict[str, Any]:
-    """Return equal-width bin edges over both samples and the share of each sample per bin."""
+    """Return equal-width bin edges over both samples and the share of each sample per bin.
+
+    The edges span the 0.5th to 99.5th percentile of both samples together, and
+    values beyond count in the end bins, so that a few outliers such as very
+    sharp images do not squeeze the rest into one bin.
+    """
     values = np.asarray(reference + live, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return {"edges": [], "reference": [], "live": []}
-    low, high = float(values.min()), float(values.max())
+    low, high = (float(bound) for bound in np.percentile(values, [0.5, 99.5]))
     if high <= low:
         high = low + 1.0
     edges = np.linspace(low, high, bins + 1)
     shares = []
     for sample in (reference, live):
-        counts, _ = np.histogram(np.asarray(sample, dtype=np.float64), bins=edges)
+        clipped = np.clip(np.asarray(sample, dtype=np.float64), low, high)
+        counts, _ = np.histogram(clipped, bins=edges)
         shares.append((counts / max(len(sample), 1)).round(6).tolist())
     return {"edges": edges.round(6).tolist(), "reference": shares[0], "live": shares[1]}
 
