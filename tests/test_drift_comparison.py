@@ -161,6 +161,39 @@ def test_invalid_reference_is_reported(
     assert "is invalid" in result.message
 
 
+def test_small_reference_gives_no_score(tmp_path: Path, photo_stats: InputStats) -> None:
+    write_profile(tmp_path, detections(60, 3.0, 1, photo_stats, (0.5, 0.3, 0.2)))
+    settings = MonitorSettings(model_repository=tmp_path, min_samples=100, report_dir=tmp_path)
+    live = detections(300, 8.0, 2, photo_stats, (0.5, 0.3, 0.2))
+    result = compare_version("detector", MODEL, 1, live, settings)
+    assert result.verdict == "not enough data"
+    assert result.message == "the reference has 60 images, need at least 100"
+    assert result.features == []
+
+
+def test_few_reference_boxes_give_no_confidence_score(
+    tmp_path: Path, photo_stats: InputStats
+) -> None:
+    write_profile(tmp_path, detections(200, 0.3, 1, photo_stats, (0.5, 0.3, 0.2)))
+    settings = MonitorSettings(model_repository=tmp_path, min_samples=100, report_dir=tmp_path)
+    live = detections(300, 0.3, 2, photo_stats, (0.5, 0.3, 0.2))
+    result = compare_version("detector", MODEL, 1, live, settings)
+    confidence = next(f for f in result.features if f.feature == "confidence")
+    assert confidence.scores == []
+    assert confidence.note.startswith("not enough data: the reference has")
+    assert result.verdict == "no drift"
+
+
+def test_no_scored_counted_feature_gives_no_verdict(
+    settings: MonitorSettings, photo_stats: InputStats
+) -> None:
+    only_confidence = settings.model_copy(update={"drift_features": ["confidence"]})
+    live = detections(300, 0.0, 2, photo_stats, (0.5, 0.3, 0.2))
+    result = compare_version("detector", MODEL, 1, live, only_confidence)
+    assert result.verdict == "not enough data"
+    assert "no feature that sets the drift flag" in result.message
+
+
 def test_records_of_other_task_are_rejected(
     settings: MonitorSettings, photo_stats: InputStats
 ) -> None:

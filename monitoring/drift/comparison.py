@@ -155,10 +155,25 @@ def compare_version(
     if len(records) < settings.min_samples:
         result.message = f"{len(records)} records, need at least {settings.min_samples}"
         return result
+    # A small reference makes the scores as noisy as a small live sample does.
+    if reference.image_count < settings.min_samples:
+        result.message = (
+            f"the reference has {reference.image_count} images, "
+            f"need at least {settings.min_samples}"
+        )
+        return result
 
     for feature in (*INPUT_FEATURES, *OUTPUT_FEATURES[reference.task]):
         result.features.append(_compare_feature(feature, reference, records, settings))
     result.labels = _compare_labels(reference, records, settings)
+
+    counted = [item for item in result.features if item.counts_for_drift]
+    scored = any(item.scores for item in counted)
+    if result.labels.counts_for_drift and result.labels.scores:
+        scored = True
+    if not scored:
+        result.message = "no feature that sets the drift flag has enough values to score"
+        return result
 
     drifting = result.drifting_features
     result.verdict = "drift" if drifting else "no drift"
@@ -189,6 +204,14 @@ def _compare_feature(
     )
     if not comparison.reference:
         comparison.note = "the reference has no values"
+        return comparison
+    # Detection confidence has one value per box, so a reference with enough
+    # images can still have too few of them.
+    if len(comparison.reference) < settings.min_samples:
+        comparison.note = (
+            f"not enough data: the reference has {len(comparison.reference)} values, "
+            f"need at least {settings.min_samples}"
+        )
         return comparison
     # Detection confidence has one value per box, so it can fall short even
     # when the version has enough records.

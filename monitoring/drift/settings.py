@@ -66,8 +66,9 @@ class MonitorSettings(BaseSettings):
         default=200,
         ge=1,
         description=(
-            "Minimum number of records of a model version, and of values of a feature, "
-            "below which the job reports not enough data instead of a score."
+            "Minimum number of live records and of reference images of a model version, "
+            "and of values of a feature on either side, below which the job reports "
+            "not enough data instead of a score."
         ),
     )
     psi_bins: int = Field(
