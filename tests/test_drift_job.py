@@ -1,11 +1,12 @@
 """The drift job against real parts: Redis, a classifier process, the Pushgateway and Prometheus.
 
-The classifier serves the colour model of tests/onnx_models.py. The tests send
-random crops of scikit-image photos to it and write one prediction record per
-image, made of the classifier's top-1 prediction and `measure_input` of the same
-bytes, to a stream below a test key prefix on the shared Redis.
-The reference profile and the live traffic are different random crops of the
-same photos. Darkened, blurred and rotated copies of the live crops must drift.
+The classifier serves the colour model of tests/onnx_models.py and writes its
+prediction log to the shared Redis, below a test key prefix. The tests send
+random crops of scikit-image photos to it and copy the records it logged into
+a stream of their own, so that each test controls what the drift job reads.
+`training.reference`, which the exporters use, profiles other random crops of
+the same photos as the reference. Darkened, blurred and rotated copies of the
+live crops must drift.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,19 +33,19 @@ from skimage import data as skimage_data
 from monitoring.drift.job import DriftRun, run_once
 from monitoring.drift.report import HTML_REPORT, JSON_REPORT
 from monitoring.drift.settings import MonitorSettings
-from services.common.imaging import decode_image
-from services.common.input_stats import INPUT_FEATURES, measure_input
+from services.common.input_stats import INPUT_FEATURES
 from services.common.prediction_record import PredictionRecord, prediction_log_key
-from services.common.reference_profile import ReferenceProfile, write_reference
+from services.common.reference_profile import ReferenceProfile, read_reference
 from tests.drift_servers import (
     needs_prometheus,
     running_prometheus,
     running_pushgateway,
 )
 from tests.images import encode
-from tests.onnx_models import COLOUR_MODEL, build_colour_repository
+from tests.onnx_models import COLOUR_MODEL, build_colour_repository, colour_metadata
 from tests.redis_servers import SHARED_REDIS_URL, shared_redis_prefix
 from tests.servers import ROOT, Server, free_port, running_server
+from training.reference import ReferenceImages, png_bytes, write_reference_profile
 
 pytestmark = pytest.mark.slow
 
@@ -82,49 +81,34 @@ def photo_crops(count: int, seed: int) -> list[Image.Image]:
     return crops
 
 
-def classified_records(server: Server, images: list[Image.Image]) -> list[PredictionRecord]:
-    """Classify `images` with the real classifier and build the record the service would log."""
+def served_records(
+    server: Server, log_key: str, images: list[Image.Image]
+) -> list[PredictionRecord]:
+    """Classify `images` on the real classifier and return the records its prediction log wrote."""
     pngs = [encode(image, "PNG") for image in images]
-    records = []
-    for start in range(0, len(pngs), BATCH_IMAGES):
-        chunk = pngs[start : start + BATCH_IMAGES]
-        files = [
-            ("file", (f"image-{index}.png", data, "image/png")) for index, data in enumerate(chunk)
-        ]
-        response = httpx.post(f"{server.url}/v1/classify/batch", files=files, timeout=60.0)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        for data, entry in zip(chunk, body["results"], strict=True):
-            top = entry["predictions"][0]
-            records.append(
-                PredictionRecord(
-                    timestamp=time.time(),
-                    service="classifier",
-                    model=body["model"]["name"],
-                    version=body["model"]["version"],
-                    task="classification",
-                    request_id=uuid.uuid4().hex,
-                    labels=(top["label"],),
-                    scores=(top["probability"],),
-                    inputs=measure_input(decode_image(data, max_pixels=50_000_000)),
-                )
+    client = redis.Redis.from_url(SHARED_REDIS_URL)
+    try:
+        logged_before = client.xlen(log_key)
+        for start in range(0, len(pngs), BATCH_IMAGES):
+            chunk = pngs[start : start + BATCH_IMAGES]
+            files = [
+                ("file", (f"image-{index}.png", data, "image/png"))
+                for index, data in enumerate(chunk)
+            ]
+            response = httpx.post(f"{server.url}/v1/classify/batch", files=files, timeout=60.0)
+            assert response.status_code == 200, response.text
+
+        # A background thread of the service writes the records.
+        deadline = time.monotonic() + 30
+        while client.xlen(log_key) < logged_before + len(images):
+            assert time.monotonic() < deadline, (
+                f"the classifier logged too few records:\n{server.log()}"
             )
-    return records
-
-
-def reference_profile(records: list[PredictionRecord]) -> ReferenceProfile:
-    features = {name: [getattr(r.inputs, name) for r in records] for name in INPUT_FEATURES}
-    features["confidence"] = [record.scores[0] for record in records]
-    labels = Counter(record.labels[0] for record in records)
-    return ReferenceProfile(
-        model=records[0].model,
-        version=records[0].version,
-        task="classification",
-        source="random crops of scikit-image photos",
-        image_count=len(records),
-        features=features,
-        label_frequencies={label: count / len(records) for label, count in labels.items()},
-    )
+            time.sleep(0.1)
+        entries = client.xrevrange(log_key, count=len(images)) or []
+    finally:
+        client.close()
+    return [PredictionRecord.from_fields(fields or {}) for _entry_id, fields in reversed(entries)]
 
 
 def write_stream(prefix: str, records: list[PredictionRecord], model: str | None = None) -> str:
@@ -174,17 +158,39 @@ def repository(work_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classifier(repository: Path, work_dir: Path) -> Iterator[Server]:
-    env = {"VS_CLASSIFIER_MODEL_REPOSITORY": str(repository), "VS_CLASSIFIER_INTRA_OP_THREADS": "1"}
+def log_prefix() -> Iterator[str]:
+    """Key prefix of the classifier's own prediction log."""
+    with shared_redis_prefix("drift-log") as key_prefix:
+        yield key_prefix
+
+
+@pytest.fixture(scope="module")
+def log_key(log_prefix: str) -> str:
+    return prediction_log_key(log_prefix, "classifier", COLOUR_MODEL)
+
+
+@pytest.fixture(scope="module")
+def classifier(repository: Path, work_dir: Path, log_prefix: str) -> Iterator[Server]:
+    env = {
+        "VS_CLASSIFIER_MODEL_REPOSITORY": str(repository),
+        "VS_CLASSIFIER_INTRA_OP_THREADS": "1",
+        "VS_CLASSIFIER_REDIS_URL": SHARED_REDIS_URL,
+        "VS_CLASSIFIER_REDIS_KEY_PREFIX": log_prefix,
+    }
     with running_server(APP, env, work_dir) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def reference(classifier: Server, repository: Path) -> ReferenceProfile:
-    profile = reference_profile(classified_records(classifier, photo_crops(REFERENCE_IMAGES, 1)))
-    write_reference(profile, repository / COLOUR_MODEL / "1")
-    return profile
+def reference(repository: Path) -> ReferenceProfile:
+    """Profile other crops of the same photos, as the exporter profiles the validation split."""
+    version_dir = repository / COLOUR_MODEL / "1"
+    images = ReferenceImages(
+        files=[png_bytes(image) for image in photo_crops(REFERENCE_IMAGES, 1)],
+        source="random crops of scikit-image photos",
+    )
+    write_reference_profile(version_dir, colour_metadata(), images)
+    return read_reference(version_dir)
 
 
 @pytest.fixture(scope="module")
@@ -193,24 +199,10 @@ def live_images() -> list[Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def live_records(classifier: Server, live_images: list[Image.Image]) -> list[PredictionRecord]:
-    return classified_records(classifier, live_images)
-
-
-@pytest.fixture(scope="module")
-def changed_records(
-    classifier: Server, live_images: list[Image.Image]
-) -> Callable[[str], list[PredictionRecord]]:
-    """Return a function that classifies the live crops changed by TRANSFORMS[change], once each."""
-    cache: dict[str, list[PredictionRecord]] = {}
-
-    def records(change: str) -> list[PredictionRecord]:
-        if change not in cache:
-            changed = [TRANSFORMS[change](image) for image in live_images]
-            cache[change] = classified_records(classifier, changed)
-        return cache[change]
-
-    return records
+def live_records(
+    classifier: Server, log_key: str, live_images: list[Image.Image]
+) -> list[PredictionRecord]:
+    return served_records(classifier, log_key, live_images)
 
 
 @pytest.fixture
@@ -259,7 +251,9 @@ def test_in_distribution_has_no_drift(
 )  # fmt: skip
 def test_changed_images_drift(
     reference: ReferenceProfile,
-    changed_records: Callable[[str], list[PredictionRecord]],
+    classifier: Server,
+    log_key: str,
+    live_images: list[Image.Image],
     repository: Path,
     prefix: str,
     tmp_path: Path,
@@ -267,7 +261,8 @@ def test_changed_images_drift(
     expected: str,
     unchanged: str,
 ) -> None:
-    write_stream(prefix, changed_records(change))
+    changed = [TRANSFORMS[change](image) for image in live_images]
+    write_stream(prefix, served_records(classifier, log_key, changed))
     result = only_version(run_once(monitor_settings(prefix, repository, tmp_path)))
     assert result.verdict == "drift"
     assert expected in result.drifting_features
@@ -367,18 +362,28 @@ def test_reports_parse_and_are_self_contained(
 
 
 @needs_prometheus
-def test_gauges_reach_pushgateway(
+def test_service_stream_drift_reaches_pushgateway(
     reference: ReferenceProfile,
-    changed_records: Callable[[str], list[PredictionRecord]],
+    classifier: Server,
+    log_prefix: str,
+    log_key: str,
+    live_images: list[Image.Image],
     live_records: list[PredictionRecord],
     repository: Path,
-    prefix: str,
     tmp_path: Path,
 ) -> None:
-    write_stream(prefix, changed_records("darkened"))
-    write_stream(prefix, live_records[:20], model="colours-small")
+    # The job reads the classifier's own stream here, whose newest records
+    # are the darkened crops sent now.
+    served_records(classifier, log_key, [TRANSFORMS["darkened"](i) for i in live_images])
+    write_stream(log_prefix, live_records[:20], model="colours-small")
     with running_pushgateway(tmp_path) as pushgateway:
-        settings = monitor_settings(prefix, repository, tmp_path, pushgateway_url=pushgateway.url)
+        settings = monitor_settings(
+            log_prefix,
+            repository,
+            tmp_path,
+            pushgateway_url=pushgateway.url,
+            window_max_records=LIVE_IMAGES,
+        )
         run = run_once(settings)
         assert run.errors == []
 
@@ -488,6 +493,7 @@ def test_loop_keeps_running_without_redis(tmp_path: Path) -> None:
 @needs_prometheus
 def test_bottleneck_section_names_stage(
     classifier: Server,
+    log_key: str,
     live_images: list[Image.Image],
     prefix: str,
     repository: Path,
@@ -502,7 +508,7 @@ def test_bottleneck_section_names_stage(
             assert time.monotonic() < deadline, prometheus.log()
             time.sleep(0.5)
         while not query(prometheus, f"{rate} > 0"):
-            classified_records(classifier, live_images[:BATCH_IMAGES])
+            served_records(classifier, log_key, live_images[:BATCH_IMAGES])
             assert time.monotonic() < deadline, prometheus.log()
             time.sleep(1.0)
 

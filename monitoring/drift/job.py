@@ -10,7 +10,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
@@ -21,6 +20,7 @@ from monitoring.drift.pushing import push_model, push_thresholds
 from monitoring.drift.report import write_reports
 from monitoring.drift.settings import MonitorSettings
 from monitoring.drift.window import StreamWindow, find_models, read_window
+from services.common.redis_keys import redacted_redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def read_windows(settings: MonitorSettings, run: DriftRun) -> list[StreamWindow]
                 run.error(
                     "reading the prediction log failed",
                     model_service=service,
-                    redis_url=redacted_url(settings.redis_url),
+                    redis_url=redacted_redis_url(settings.redis_url),
                     error=error,
                 )
                 continue
@@ -151,7 +151,7 @@ def read_model_window(
             "reading the prediction log failed",
             model_service=service,
             model=model,
-            redis_url=redacted_url(settings.redis_url),
+            redis_url=redacted_redis_url(settings.redis_url),
             error=error,
         )
         return None
@@ -196,12 +196,3 @@ def collect_bottlenecks(settings: MonitorSettings, run: DriftRun) -> None:
         run.bottleneck_note = (
             f"no requests with stage timings in the last {settings.bottleneck_window}"
         )
-
-
-def redacted_url(url: str) -> str:
-    """Return `url` without the user name and password, for logs and reports."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
