@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.promql import RULE_FILES, alert_rules
 from tests.servers import ROOT
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
-RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 SEVERITIES = {"warning", "critical"}
 # Metrics the rules may use without a row in docs/metrics.md: Prometheus' own
@@ -44,15 +44,6 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = []
-    for path in RULE_FILES:
-        document = yaml.safe_load(path.read_text())
-        for group in document["groups"]:
-            rules.extend(rule for rule in group["rules"] if "alert" in rule)
-    return rules
 
 
 def unit_tested_alert_names() -> set[str]:
