@@ -1,4 +1,4 @@
-"""The three services, a Pushgateway and Prometheus scraping them, and traffic that fills every metric.
+"""The three services, a Pushgateway and Prometheus scraping them, and traffic for every metric.
 
 The classifier serves the colour model of `tests.onnx_models` twice: as
 `colours`, and as `colours-burst` with a batch queue of one request, so that a
@@ -74,7 +74,11 @@ def model_service_env(service: str, repository: Path, prefix: str) -> dict[str, 
 
 def gateway_env(classifier: Server, detector: Server, prefix: str) -> dict[str, str]:
     api_keys = [
-        {"id": "limited", "sha256": hashlib.sha256(LIMITED_KEY.encode()).hexdigest(), "tier": "basic"}
+        {
+            "id": "limited",
+            "sha256": hashlib.sha256(LIMITED_KEY.encode()).hexdigest(),
+            "tier": "basic",
+        }
     ]
     return {
         **GATEWAY_OPEN_ACCESS_ENV,
@@ -137,7 +141,11 @@ def two_squares() -> bytes:
 
 
 def post_image(
-    client: httpx.Client, path: str, image: bytes, headers: dict[str, str] | None = None, **params: str
+    client: httpx.Client,
+    path: str,
+    image: bytes,
+    headers: dict[str, str] | None = None,
+    **params: str,
 ) -> httpx.Response:
     return client.post(
         path, params=params, content=image, headers={"Content-Type": "image/png", **(headers or {})}
@@ -148,8 +156,8 @@ def send_traffic(stack: MonitoredStack) -> None:
     """Send requests that leave a sample in every metric the dashboards and alerts read.
 
     Successful classifications and detections, with cache hits and client
-    errors, go out twice with a scrape in between: a counter series appears
-    at its first increment, and rate() sees only the increments after
+    errors, go out twice with a scrape in between. A counter series appears
+    at its first increment, and rate() counts only the increments after
     Prometheus' first sample of it. Then a 429, a successful and a failed
     reload, and a burst that overflows the burst model's queue, which also
     makes the gateway retry.
@@ -186,17 +194,19 @@ def send_model_requests(gateway: Server) -> None:
 
 
 def wait_until_scraped(stack: MonitoredStack) -> None:
-    """Wait until Prometheus holds each service's current count of image requests."""
+    """Wait until Prometheus has scraped each service's current count of image requests."""
     routes = {"gateway": "/v1/classify", "classifier": "/v1/classify", "detector": "/v1/detect"}
     for service, route in routes.items():
         expected = metric_total(stack.services[service], "visionserve_requests_total", route=route)
-        expression = f'sum(visionserve_requests_total{{job="{service}", route="{route}"}}) or vector(0)'
+        expression = (
+            f'sum(visionserve_requests_total{{job="{service}", route="{route}"}}) or vector(0)'
+        )
 
         def scraped(expression: str = expression, expected: float = expected) -> bool | None:
             values = finite_values(stack.prometheus.query(expression))
             return True if values and values[0] >= expected else None
 
-        poll(scraped, timeout=30.0, what=f"a scrape of {service} with {expected} requests")
+        poll(scraped, timeout=30.0, description=f"a scrape of {service} with {expected} requests")
 
 
 def reload_classifier_twice(stack: MonitoredStack) -> None:
@@ -205,7 +215,9 @@ def reload_classifier_twice(stack: MonitoredStack) -> None:
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     reload_url = f"{classifier.url}/v1/models/{COLOUR_MODEL}/reload"
 
-    write_model_version(stack.classifier_repository, colour_classifier(), colour_metadata(version=2))
+    write_model_version(
+        stack.classifier_repository, colour_classifier(), colour_metadata(version=2)
+    )
     response = httpx.post(reload_url, headers=admin, timeout=60.0)
     assert response.status_code == 200, response.text
 
@@ -240,4 +252,4 @@ def overflow_burst_queue(stack: MonitoredStack) -> None:
         retried = metric_total(gateway, "visionserve_backend_retries_total", backend="classifier")
         return True if rejected > 0 and retried > 0 else None
 
-    poll(one_burst, timeout=30.0, what="queue_full rejections and gateway retries", interval=0)
+    poll(one_burst, 30.0, "queue_full rejections and gateway retries", interval=0)

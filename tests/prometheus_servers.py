@@ -31,21 +31,26 @@ TEST_INTERVAL = "1s"
 
 needs_prometheus = pytest.mark.skipif(
     shutil.which(PROMETHEUS_BINARY) is None or shutil.which(PUSHGATEWAY_BINARY) is None,
-    reason="needs the Debian packages prometheus and prometheus-pushgateway (.ci/run installs them)",
+    reason="needs the Debian packages prometheus and prometheus-pushgateway (.ci/run has both)",
 )
 
 T = TypeVar("T")
 
 
-def poll(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
-    """Call `check` until it returns a value other than None; raise TimeoutError after `timeout` s."""
+def poll(
+    check: Callable[[], T | None], timeout: float, description: str, interval: float = 0.25
+) -> T:
+    """Call `check` until it returns a value other than None, and return that value.
+
+    Raises TimeoutError after `timeout` seconds.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result is not None:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout} s waiting for {description}")
         time.sleep(interval)
 
 
@@ -126,6 +131,21 @@ class Prometheus(PrometheusProcess):
         result: list[dict[str, Any]] = data["result"]
         return result
 
+    def wait_for_finite(self, expression: str, timeout: float) -> list[dict[str, Any]]:
+        """Wait until `expression` returns a finite value and return its result."""
+        last: list[dict[str, Any]] = []
+
+        def finite_result() -> list[dict[str, Any]] | None:
+            last[:] = self.query(expression)
+            return list(last) if finite_values(last) else None
+
+        try:
+            return poll(finite_result, timeout, f"data from {expression}")
+        except TimeoutError as error:
+            raise AssertionError(
+                f"no finite value from {expression}; last result {last}"
+            ) from error
+
     def metric_names(self) -> set[str]:
         return set(self.api("label/__name__/values"))
 
@@ -150,9 +170,15 @@ def finite_values(result: list[dict[str, Any]]) -> list[float]:
 
 @contextmanager
 def running_pushgateway(log_dir: Path) -> Iterator[PrometheusProcess]:
-    """Run a Pushgateway without persistence, so that it starts empty."""
+    """Run a Pushgateway that keeps pushed metrics in memory only, so that it starts empty."""
     port = free_port()
-    command = [PUSHGATEWAY_BINARY, f"--web.listen-address=127.0.0.1:{port}"]
+    command = [
+        PUSHGATEWAY_BINARY,
+        f"--web.listen-address=127.0.0.1:{port}",
+        # The Debian build defaults to /var/lib/prometheus/pushgateway.data, which
+        # every Pushgateway started that way shares.
+        "--persistence.file=",
+    ]
     server = PrometheusProcess(command, port, log_dir / f"pushgateway-{port}.log")
     server.start("/-/ready")
     try:
@@ -163,7 +189,7 @@ def running_pushgateway(log_dir: Path) -> Iterator[PrometheusProcess]:
 
 @contextmanager
 def running_prometheus(targets: Mapping[str, str], work_dir: Path) -> Iterator[Prometheus]:
-    """Run Prometheus on `prometheus_config(targets)` and the shipped rules, storing data in `work_dir`."""
+    """Run Prometheus with `prometheus_config(targets)` and the shipped rules in `work_dir`."""
     work_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(PROMETHEUS_DIR / "rules", work_dir / "rules", dirs_exist_ok=True)
     config_path = work_dir / "prometheus.yml"

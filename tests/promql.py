@@ -13,7 +13,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,10 +29,15 @@ INTERVAL_VARIABLES = {"__rate_interval": "5m", "__interval": "15s", "__range": "
 # Grafana's value for "All" of a multi-value variable whose allValue is this regex.
 ALL_VALUES = ".+"
 
-COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)\s*(?:bool\s+)?[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?\s*$")
+COMPARISON = re.compile(
+    r"(==|!=|>=|<=|>|<)\s*(?:bool\s+)?[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?\s*$"
+)
 SET_OPERATORS = ("or", "unless", "and")
-# Words that can stand where a metric name stands but are PromQL keywords or label names.
-KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+# PromQL keywords, which the metric-name pattern would otherwise match.
+KEYWORDS = {
+    "and", "or", "unless", "bool", "offset", "inf", "nan",
+    "by", "without", "on", "ignoring", "group_left", "group_right",
+}  # fmt: skip
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,20 +69,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoredStack]:
         yield running
 
 
-def wait_for_data(stack: MonitoredStack, expression: str) -> list[dict[str, Any]]:
-    """Return the query result once it holds a finite value; raise TimeoutError with the last one."""
-    last: list[list[dict[str, Any]]] = [[]]
-
-    def finite_result() -> list[dict[str, Any]] | None:
-        last[0] = stack.prometheus.query(expression)
-        return last[0] if finite_values(last[0]) else None
-
-    try:
-        return poll(finite_result, DATA_TIMEOUT, f"data from {expression}")
-    except TimeoutError as error:
-        raise AssertionError(f"no finite value from {expression}; last result {last[0]}") from error
-
-
 def skip_until_drift_job(names: set[str]) -> None:
     if names & DRIFT_METRICS and not DRIFT_JOB_AVAILABLE:
         pytest.skip(SKIP_DRIFT_REASON)
@@ -94,7 +79,7 @@ def test_panel_query_returns_data(stack: MonitoredStack, query: PanelQuery) -> N
     expression = substitute_variables(query.expression)
     skip_until_drift_job(metric_names(expression))
 
-    result = wait_for_data(stack, expression)
+    result = stack.prometheus.wait_for_finite(expression, DATA_TIMEOUT)
 
     assert finite_values(result)
 
@@ -103,7 +88,7 @@ def test_panel_query_returns_data(stack: MonitoredStack, query: PanelQuery) -> N
 def test_alert_expression_returns_data(stack: MonitoredStack, rule: dict[str, Any]) -> None:
     skip_until_drift_job(metric_names(rule["expr"]))
 
-    result = wait_for_data(stack, without_threshold(rule["expr"]))
+    result = stack.prometheus.wait_for_finite(without_threshold(rule["expr"]), DATA_TIMEOUT)
 
     assert finite_values(result)
 
@@ -181,9 +166,10 @@ def test_provoked_alert_goes_pending(stack: MonitoredStack, alert_name: str) -> 
 
 
 def test_no_unexpected_alert(stack: MonitoredStack) -> None:
-    active = active_alert_names(stack)
+    alerts = stack.prometheus.alerts()
+    active = {alert["labels"]["alertname"] for alert in alerts}
 
-    assert active - PROVOKED_ALERTS - BURST_ALERTS == set()
+    assert active - PROVOKED_ALERTS - BURST_ALERTS == set(), alerts
 
 
 # Stops the detector, so it must stay the last test of this module.

@@ -1,0 +1,334 @@
+"""The Grafana dashboards and provisioning files, checked without a Grafana server.
+
+No Grafana package exists for Debian, so these tests check the JSON at the
+level Grafana relies on: ids, datasource, targets and layout. The helpers
+that turn the panel queries and alert expressions into evaluable PromQL for
+tests/test_monitoring_live.py are tested here too. The last test pushes
+sample drift results to a real Pushgateway and evaluates the drift dashboard
+against a real Prometheus. So it checks the queries against the metric
+contract of the drift job, not the job itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+from tests.prometheus_servers import (
+    PrometheusProcess,
+    finite_values,
+    needs_prometheus,
+    poll,
+    running_prometheus,
+    running_pushgateway,
+)
+from tests.promql import (
+    alert_rules,
+    label_values_query,
+    load_dashboards,
+    metric_names,
+    panel_queries,
+    panels,
+    substitute_variables,
+    without_threshold,
+)
+from tests.servers import ROOT, free_port
+
+GRAFANA_DIR = ROOT / "monitoring" / "grafana"
+DATASOURCE_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
+PROVIDER_FILE = GRAFANA_DIR / "provisioning" / "dashboards" / "visionserve.yml"
+EXPECTED_DASHBOARDS = {"overview.json", "models.json", "drift.json", "redis-cache.json"}
+GRID_WIDTH = 24
+# Metrics that no service exports: Prometheus adds `up` itself, the drift job
+# pushes its results to the Pushgateway, and the prediction log is not merged yet.
+CONTRACT_METRICS = {
+    "up",
+    "visionserve_drift_score",
+    "visionserve_drift_threshold",
+    "visionserve_drift_detected",
+    "visionserve_drift_samples",
+    "visionserve_drift_last_run_timestamp_seconds",
+    "visionserve_prediction_log_records_total",
+}
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def datasource_uid() -> str:
+    document = yaml.safe_load(DATASOURCE_FILE.read_text())
+    (datasource,) = document["datasources"]
+    uid: str = datasource["uid"]
+    return uid
+
+
+def dashboard_cases() -> list[Any]:
+    return [
+        pytest.param(dashboard, id=file_name) for file_name, dashboard in load_dashboards().items()
+    ]
+
+
+def documented_metrics() -> set[str]:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    return set(re.findall(r"^\| `(visionserve_\w+)` \|", text, flags=re.MULTILINE))
+
+
+def base_name(name: str) -> str:
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+# Provisioning ------------------------------------------------------------------
+
+
+def test_datasource_provisioning() -> None:
+    document = yaml.safe_load(DATASOURCE_FILE.read_text())
+    (datasource,) = document["datasources"]
+
+    assert document["apiVersion"] == 1
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    assert datasource["uid"] == "visionserve-prometheus"
+
+
+def test_dashboard_provider_points_at_mounted_folder() -> None:
+    text = PROVIDER_FILE.read_text()
+    document = yaml.safe_load(text)
+    (provider,) = document["providers"]
+    path = provider["options"]["path"]
+
+    assert provider["type"] == "file"
+    assert path.startswith("/")
+    # The comment names the repository folder that the deployment mounts there.
+    assert "monitoring/grafana/dashboards/" in text
+    assert f"at {path}" in text
+
+
+def test_expected_dashboards_exist() -> None:
+    assert set(load_dashboards()) == EXPECTED_DASHBOARDS
+
+
+def test_dashboard_uids_unique() -> None:
+    uids = [dashboard["uid"] for dashboard in load_dashboards().values()]
+
+    assert len(uids) == len(set(uids))
+
+
+# Dashboard JSON ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dashboard", dashboard_cases())
+def test_panel_ids_unique(dashboard: dict[str, Any]) -> None:
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    ids += [inner["id"] for panel in dashboard["panels"] for inner in panel.get("panels", [])]
+
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("dashboard", dashboard_cases())
+def test_panels_use_provisioned_datasource(dashboard: dict[str, Any]) -> None:
+    uid = datasource_uid()
+    for panel in panels(dashboard):
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid, panel["title"]
+    for variable in dashboard["templating"]["list"]:
+        assert variable["datasource"]["uid"] == uid, variable["name"]
+
+
+@pytest.mark.parametrize("dashboard", dashboard_cases())
+def test_panels_have_targets(dashboard: dict[str, Any]) -> None:
+    for panel in panels(dashboard):
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert ref_ids, f"panel {panel['title']!r} has no query"
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        assert all(target["expr"].strip() for target in panel["targets"]), panel["title"]
+        assert panel.get("description"), f"panel {panel['title']!r} has no description"
+
+
+@pytest.mark.parametrize("dashboard", dashboard_cases())
+def test_panels_fit_grid_without_overlap(dashboard: dict[str, Any]) -> None:
+    boxes = []
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert all(isinstance(grid[key], int) for key in ("h", "w", "x", "y")), panel["title"]
+        assert grid["h"] > 0
+        assert grid["w"] > 0
+        assert grid["x"] >= 0
+        assert grid["x"] + grid["w"] <= GRID_WIDTH, panel["title"]
+        boxes.append((panel["title"], grid))
+
+    for index, (title, a) in enumerate(boxes):
+        for other, b in boxes[index + 1 :]:
+            overlap_x = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+            overlap_y = a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+            assert not (overlap_x and overlap_y), f"{title!r} overlaps {other!r}"
+
+
+@pytest.mark.parametrize("dashboard", dashboard_cases())
+def test_variables_are_label_values_queries(dashboard: dict[str, Any]) -> None:
+    for variable in dashboard["templating"]["list"]:
+        selector, label = label_values_query(variable["definition"])
+        assert variable["query"]["query"] == variable["definition"]
+        assert metric_names(substitute_variables(selector))
+        assert label
+
+
+def test_every_query_substitutes() -> None:
+    for query in panel_queries():
+        assert "$" not in substitute_variables(query.expression), query.name
+
+
+def test_dashboards_use_only_known_metrics() -> None:
+    used = set()
+    for query in panel_queries():
+        used |= {base_name(name) for name in metric_names(substitute_variables(query.expression))}
+
+    assert used - documented_metrics() - CONTRACT_METRICS == set()
+
+
+def test_every_documented_metric_has_a_panel() -> None:
+    used = set()
+    for query in panel_queries():
+        used |= {base_name(name) for name in metric_names(substitute_variables(query.expression))}
+
+    assert documented_metrics() - used == set()
+
+
+# PromQL helpers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("up == 0", "up"),
+        ("visionserve_queue_depth > 48", "visionserve_queue_depth"),
+        ("a / b > 0.05", "a / b"),
+        ("x >= bool 1.5e3", "x"),
+        ("a > b", "a > b"),
+        ('sum(x{route=~"a|b", name="or"}) > 1', 'sum(x{route=~"a|b", name="or"})'),
+        ("max by (model) (x) == 1", "max by (model) (x)"),
+        ("rate(x[5m]) > 0 or (y unless y offset 5m)", "rate(x[5m]) or (y unless y offset 5m)"),
+        ("(x > 3) or y < bool 2", "(x) or y"),
+        ("histogram_quantile(0.95, sum by (le) (rate(h[5m]))) > 0.5",
+         "histogram_quantile(0.95, sum by (le) (rate(h[5m])))"),
+        ("sort_desc(x > 1)", "sort_desc(x > 1)"),
+        ("color > 1", "color"),
+    ],
+)  # fmt: skip
+def test_without_threshold(expression: str, expected: str) -> None:
+    assert without_threshold(expression) == expected
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
+def test_alert_without_threshold_keeps_metrics(rule: dict[str, Any]) -> None:
+    stripped = without_threshold(rule["expr"])
+
+    assert stripped != rule["expr"].strip()
+    assert metric_names(stripped) == metric_names(rule["expr"])
+    assert not re.search(r"(==|!=|>=|<=|>|<)\s*[\d.]+\s*$", stripped)
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("up == 0", {"up"}),
+        ('sum by (service, le) (rate(a_bucket{x="y"}[5m]))', {"a_bucket"}),
+        ("a / on (model) group_left b", {"a", "b"}),
+        ('time() - max(c{job="drift"})', {"c"}),
+        ("x offset 5m unless y", {"x", "y"}),
+        ('z{route!~"/metrics|/healthz"} > 1e3', {"z"}),
+    ],
+)
+def test_metric_names(expression: str, expected: set[str]) -> None:
+    assert metric_names(expression) == expected
+
+
+def test_substitute_variables() -> None:
+    expression = 'rate(x{service=~"$service", model=~"${model}"}[$__rate_interval])'
+
+    assert substitute_variables(expression) == 'rate(x{service=~".+", model=~".+"}[5m])'
+
+
+def test_substitute_rejects_unknown_builtin() -> None:
+    with pytest.raises(ValueError, match="unknown Grafana variable"):
+        substitute_variables("rate(x[$__unknown])")
+
+
+def test_label_values_query() -> None:
+    assert label_values_query('label_values(m{service=~"$service"}, model)') == (
+        'm{service=~"$service"}',
+        "model",
+    )
+    with pytest.raises(ValueError, match="not a label_values"):
+        label_values_query("query_result(up)")
+
+
+# Drift dashboard against sample values -----------------------------------------
+
+DRIFT_FEATURES = {
+    "psi": ("brightness", "confidence"),
+    "ks": ("brightness",),
+    "js": ("predicted_class",),
+}
+
+
+def push_sample_drift_results(pushgateway: PrometheusProcess, detected: int) -> None:
+    """Push drift results shaped like the drift job's, for one classifier model version."""
+    registry = CollectorRegistry()
+    labels = {"service": "classifier", "model": "colours", "version": "1"}
+    score = Gauge(
+        "visionserve_drift_score",
+        "Drift score.",
+        [*labels, "feature", "statistic"],
+        registry=registry,
+    )
+    for statistic, features in DRIFT_FEATURES.items():
+        for feature in features:
+            score.labels(**labels, feature=feature, statistic=statistic).set(0.3)
+    threshold = Gauge("visionserve_drift_threshold", "Threshold.", ["statistic"], registry=registry)
+    for statistic, value in {"psi": 0.2, "ks": 0.1, "js": 0.1}.items():
+        threshold.labels(statistic=statistic).set(value)
+    for name, value in {
+        "visionserve_drift_detected": detected,
+        "visionserve_drift_samples": 500,
+        "visionserve_drift_last_run_timestamp_seconds": 1.0e9,
+    }.items():
+        Gauge(name, name, list(labels), registry=registry).labels(**labels).set(value)
+    push_to_gateway(pushgateway.url, job="visionserve-drift", registry=registry)
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_drift_queries_read_pushed_contract(tmp_path: Path) -> None:
+    drift_queries = [query for query in panel_queries() if query.dashboard == "drift.json"]
+    drift_alert = next(
+        rule for rule in alert_rules() if rule["alert"] == "VisionServeDriftDetected"
+    )
+    # The prediction-log counter comes from the model services, which this test does not run.
+    pushed = [
+        query
+        for query in drift_queries
+        if "visionserve_prediction_log_records_total" not in query.expression
+    ]
+
+    with running_pushgateway(tmp_path) as pushgateway:
+        push_sample_drift_results(pushgateway, detected=1)
+        # The service jobs point at unused ports, so their targets stay down.
+        targets = {job: f"127.0.0.1:{free_port()}" for job in ("gateway", "classifier", "detector")}
+        targets["pushgateway"] = f"127.0.0.1:{pushgateway.port}"
+        with running_prometheus(targets, tmp_path / "prometheus") as prometheus:
+            for query in pushed:
+                result = prometheus.wait_for_finite(substitute_variables(query.expression), 20.0)
+                assert finite_values(result), query.name
+
+            def drift_alert_active() -> bool | None:
+                names = {alert["labels"]["alertname"] for alert in prometheus.alerts()}
+                return True if drift_alert["alert"] in names else None
+
+            assert poll(drift_alert_active, 20.0, "VisionServeDriftDetected pending")
