@@ -31,7 +31,6 @@ from tests.onnx_models import (
 )
 from tests.prometheus_servers import (
     Prometheus,
-    PrometheusProcess,
     finite_values,
     poll,
     running_prometheus,
@@ -55,7 +54,7 @@ BURST_SIZE = 6
 @dataclass
 class MonitoredStack:
     services: dict[str, Server]
-    pushgateway: PrometheusProcess
+    pushgateway: Server
     prometheus: Prometheus
     classifier_repository: Path
     log_dir: Path

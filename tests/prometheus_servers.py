@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, Server, free_port
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
 PROMETHEUS_BINARY = "prometheus"
@@ -68,53 +67,16 @@ def prometheus_config(targets: Mapping[str, str]) -> dict[str, Any]:
     return config
 
 
-class PrometheusProcess:
-    """A Prometheus or Pushgateway process, its log, and a client for its HTTP API."""
+class Prometheus:
+    """A running Prometheus server and a client for its HTTP API (/api/v1)."""
 
-    def __init__(self, command: list[str], port: int, log_path: Path) -> None:
-        self.command = command
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=10.0)
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.client = httpx.Client(base_url=server.url, timeout=10.0)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, ready_path: str, timeout: float = 30.0) -> None:
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                self.command, stdout=log_file, stderr=subprocess.STDOUT, cwd=self.log_path.parent
-            )
-
-        def ready() -> bool | None:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.command[0]} exited early; log:\n{self.log()}")
-            try:
-                return True if self.client.get(ready_path).status_code == 200 else None
-            except httpx.TransportError:
-                return None
-
-        poll(ready, timeout, f"{self.command[0]} on port {self.port}")
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-class Prometheus(PrometheusProcess):
-    """A Prometheus server with helpers for its HTTP API (/api/v1)."""
+        return self.server.url
 
     def api(self, path: str, **params: Any) -> Any:
         """Return the `data` of a successful /api/v1 call; raise AssertionError with the error."""
@@ -169,7 +131,7 @@ def finite_values(result: list[dict[str, Any]]) -> list[float]:
 
 
 @contextmanager
-def running_pushgateway(log_dir: Path) -> Iterator[PrometheusProcess]:
+def running_pushgateway(log_dir: Path) -> Iterator[Server]:
     """Run a Pushgateway that keeps pushed metrics in memory only, so that it starts empty."""
     port = free_port()
     command = [
@@ -179,8 +141,10 @@ def running_pushgateway(log_dir: Path) -> Iterator[PrometheusProcess]:
         # every Pushgateway started that way shares.
         "--persistence.file=",
     ]
-    server = PrometheusProcess(command, port, log_dir / f"pushgateway-{port}.log")
-    server.start("/-/ready")
+    server = Server(
+        PUSHGATEWAY_BINARY, port, {}, log_dir / f"pushgateway-{port}.log", command=command
+    )
+    server.start("/-/ready", timeout=30.0)
     try:
         yield server
     finally:
@@ -201,9 +165,11 @@ def running_prometheus(targets: Mapping[str, str], work_dir: Path) -> Iterator[P
         f"--storage.tsdb.path={work_dir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    server = Prometheus(command, port, work_dir / "prometheus.log")
-    server.start("/-/ready")
+    server = Server(PROMETHEUS_BINARY, port, {}, work_dir / "prometheus.log", command=command)
+    server.start("/-/ready", timeout=30.0)
+    prometheus = Prometheus(server)
     try:
-        yield server
+        yield prometheus
     finally:
+        prometheus.client.close()
         server.stop()

@@ -20,7 +20,6 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from tests.prometheus_servers import (
-    PrometheusProcess,
     finite_values,
     needs_prometheus,
     poll,
@@ -37,7 +36,7 @@ from tests.promql import (
     substitute_variables,
     without_threshold,
 )
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, Server, free_port
 
 GRAFANA_DIR = ROOT / "monitoring" / "grafana"
 DATASOURCE_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
@@ -278,7 +277,7 @@ DRIFT_FEATURES = {
 }
 
 
-def push_sample_drift_results(pushgateway: PrometheusProcess, detected: int) -> None:
+def push_sample_drift_results(pushgateway: Server, detected: int) -> None:
     """Push drift results shaped like the drift job's, for one classifier model version."""
     registry = CollectorRegistry()
     labels = {"service": "classifier", "model": "colours", "version": "1"}
