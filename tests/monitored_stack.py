@@ -20,7 +20,13 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.detection_models import build_colour_detector_repository
+from tests.detection_models import COLOUR_DETECTOR, build_colour_detector_repository
+from tests.drift_runs import (
+    DRIFT_JOB_AVAILABLE,
+    run_drift_job,
+    wait_for_drift_results,
+    write_reference,
+)
 from tests.images import BLUE, GREEN, RED, encode, solid_png
 from tests.onnx_models import (
     COLOUR_MODEL,
@@ -57,7 +63,9 @@ class MonitoredStack:
     pushgateway: Server
     prometheus: Prometheus
     classifier_repository: Path
-    log_dir: Path
+    detector_repository: Path
+    redis_key_prefix: str
+    work_dir: Path
 
 
 def model_service_env(service: str, repository: Path, prefix: str) -> dict[str, str]:
@@ -105,6 +113,8 @@ def monitored_stack(work_dir: Path) -> Iterator[MonitoredStack]:
         classifier_repository, colour_classifier(), colour_metadata(name=BURST_MODEL)
     )
     detector_repository = build_colour_detector_repository(work_dir / "detectors")
+    if DRIFT_JOB_AVAILABLE:
+        write_references(classifier_repository, detector_repository)
 
     with ExitStack() as stack:
         prefix = stack.enter_context(shared_redis_prefix("monitoring"))
@@ -129,7 +139,28 @@ def monitored_stack(work_dir: Path) -> Iterator[MonitoredStack]:
         targets = {name: f"127.0.0.1:{server.port}" for name, server in services.items()}
         targets["pushgateway"] = f"127.0.0.1:{pushgateway.port}"
         prometheus = stack.enter_context(running_prometheus(targets, work_dir / "prometheus"))
-        yield MonitoredStack(services, pushgateway, prometheus, classifier_repository, log_dir)
+        yield MonitoredStack(
+            services,
+            pushgateway,
+            prometheus,
+            classifier_repository,
+            detector_repository,
+            prefix,
+            work_dir,
+        )
+
+
+def colour_images() -> list[bytes]:
+    """Return the images that the traffic sends to the colour model."""
+    return [solid_png(colour) for colour in (RED, GREEN, BLUE)]
+
+
+def write_references(classifier_repository: Path, detector_repository: Path) -> None:
+    """Write reference profiles from the images of the traffic, so that they do not drift."""
+    source = "the images that tests/monitored_stack.py sends"
+    write_reference(classifier_repository / COLOUR_MODEL / "1", colour_images(), source)
+    write_reference(classifier_repository / BURST_MODEL / "1", [solid_png(GREEN)], source)
+    write_reference(detector_repository / COLOUR_DETECTOR / "1", [two_squares()], source)
 
 
 def two_squares() -> bytes:
@@ -176,14 +207,16 @@ def send_traffic(stack: MonitoredStack) -> None:
 
     reload_classifier_twice(stack)
     overflow_burst_queue(stack)
+    if DRIFT_JOB_AVAILABLE:
+        check_drift(stack)
 
 
 def send_model_requests(gateway: Server) -> None:
     """Classify each colour twice and detect twice, so that the second of each is a cache hit."""
     with httpx.Client(base_url=gateway.url, timeout=60.0) as client:
         for _ in range(2):
-            for colour in (RED, GREEN, BLUE):
-                response = post_image(client, "/v1/classify", solid_png(colour), model=COLOUR_MODEL)
+            for image in colour_images():
+                response = post_image(client, "/v1/classify", image, model=COLOUR_MODEL)
                 assert response.status_code == 200, response.text
             response = post_image(client, "/v1/detect", two_squares())
             assert response.status_code == 200, response.text
@@ -214,9 +247,11 @@ def reload_classifier_twice(stack: MonitoredStack) -> None:
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     reload_url = f"{classifier.url}/v1/models/{COLOUR_MODEL}/reload"
 
-    write_model_version(
+    version_dir = write_model_version(
         stack.classifier_repository, colour_classifier(), colour_metadata(version=2)
     )
+    if DRIFT_JOB_AVAILABLE:
+        write_reference(version_dir, colour_images(), "the colour images of the traffic")
     response = httpx.post(reload_url, headers=admin, timeout=60.0)
     assert response.status_code == 200, response.text
 
@@ -252,3 +287,26 @@ def overflow_burst_queue(stack: MonitoredStack) -> None:
         return True if rejected > 0 and retried > 0 else None
 
     poll(one_burst, 30.0, "queue_full rejections and gateway retries", interval=0)
+
+
+def check_drift(stack: MonitoredStack) -> None:
+    """Run the drift job for each model service and wait until Prometheus has its results.
+
+    The traffic leaves only a few records per model version, so a minimum of
+    three samples lets the job compute scores from them.
+    """
+    repositories = {
+        "classifier": (stack.classifier_repository, COLOUR_MODEL),
+        "detector": (stack.detector_repository, COLOUR_DETECTOR),
+    }
+    for service, (repository, model) in repositories.items():
+        started = run_drift_job(
+            stack.prometheus,
+            stack.pushgateway.url,
+            stack.redis_key_prefix,
+            service,
+            repository,
+            stack.work_dir / "drift-reports" / service,
+            min_samples="3",
+        )
+        wait_for_drift_results(stack.prometheus, model, started)

@@ -16,12 +16,12 @@ tests/test_grafana_dashboards.py checks those queries against sample values.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.drift_runs import DRIFT_JOB_AVAILABLE
 from tests.monitored_stack import MonitoredStack, monitored_stack, send_traffic
 from tests.prometheus_servers import finite_values, needs_prometheus, poll
 from tests.promql import (
@@ -37,9 +37,6 @@ from tests.promql import (
 
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
-DRIFT_JOB_AVAILABLE = importlib.util.find_spec("monitoring.drift") is not None
-DRIFT_DASHBOARD = "drift.json"
-DRIFT_ALERT = "VisionServeDriftDetected"
 # Metrics that only the drift job and the prediction log produce.
 DRIFT_METRICS = {
     "visionserve_drift_score",
@@ -49,7 +46,10 @@ DRIFT_METRICS = {
     "visionserve_drift_last_run_timestamp_seconds",
     "visionserve_prediction_log_records_total",
 }
-SKIP_DRIFT_REASON = "python -m monitoring.drift does not exist yet; see test_grafana_dashboards.py"
+SKIP_DRIFT_REASON = (
+    "needs the drift job and the prediction log; test_grafana_dashboards.py checks the "
+    "drift queries meanwhile"
+)
 # The failed reload and the queue_full burst of the traffic raise these two.
 PROVOKED_ALERTS = {"VisionServeModelReloadFailed", "VisionServeQueueRejecting"}
 # The burst may also raise these two, depending on how many of its requests the
