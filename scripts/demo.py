@@ -3,7 +3,10 @@
 Starts the classifier and the gateway as local uvicorn processes on free
 ports, sends each image over HTTP to the gateway, prints the predictions and
 stops both services. Exits with status 1 when a prediction is not the expected
-one, so the demo doubles as a smoke test.
+one, so the demo doubles as a smoke test. It also prints each service's
+/metrics URL, and after the traffic it runs the drift job once on the
+prediction log that the model services wrote to the local Redis and prints
+where the drift report is.
 
     python -m scripts.demo --repository models
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from scripts.demo_detection import DETECTOR_MODEL, show_detection
+from scripts.demo_monitoring import prediction_log_env, show_metrics_urls, write_drift_report
 from scripts.digit_samples import DigitSample, load_digit_samples
 from scripts.local_stack import GATEWAY_OPEN_ACCESS_ENV, Server, running_server
 from scripts.sample_images import SamplePhoto, imagenet_samples
@@ -40,7 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=Path("runs/demo"),
-        help="where the rendered detection images are written (default: runs/demo)",
+        help="where the rendered detection images and the drift report are written "
+        "(default: runs/demo)",
     )
     parser.add_argument(
         "--no-detector",
@@ -59,17 +64,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @contextmanager
 def local_stack(
-    repository: Path, log_dir: Path, *, with_detector: bool = False
+    repository: Path,
+    log_dir: Path,
+    *,
+    with_detector: bool = False,
+    prediction_log: bool = False,
 ) -> Iterator[dict[str, Server]]:
-    """Run the classifier, optionally the detector, and an open-access gateway pointed at them."""
+    """Run the classifier, optionally the detector, and an open-access gateway pointed at them.
+
+    With `prediction_log`, the model services write it to the demo's Redis key prefix.
+    """
     models = str(repository.resolve())
+
+    def model_service_env(service: str) -> dict[str, str]:
+        env = {f"VS_{service.upper()}_MODEL_REPOSITORY": models}
+        return {**env, **prediction_log_env(service)} if prediction_log else env
+
     with ExitStack() as stack:
         servers = {
             "classifier": stack.enter_context(
                 running_server(
-                    "services.classifier.app:create_app",
-                    {"VS_CLASSIFIER_MODEL_REPOSITORY": models},
-                    log_dir,
+                    "services.classifier.app:create_app", model_service_env("classifier"), log_dir
                 )
             )
         }
@@ -78,9 +93,7 @@ def local_stack(
         if with_detector:
             servers["detector"] = stack.enter_context(
                 running_server(
-                    "services.detector.app:create_app",
-                    {"VS_DETECTOR_MODEL_REPOSITORY": models},
-                    log_dir,
+                    "services.detector.app:create_app", model_service_env("detector"), log_dir
                 )
             )
             detector_url = servers["detector"].url
@@ -159,11 +172,14 @@ def main(args: argparse.Namespace) -> int:
         )
 
     print(f"Starting the services (logs in {log_dir}) ...")
-    with local_stack(args.repository, log_dir, with_detector=with_detector) as servers:
+    with local_stack(
+        args.repository, log_dir, with_detector=with_detector, prediction_log=True
+    ) as servers:
         for name, server in servers.items():
             print(f"  {name:<10} {server.url}")
         gateway_url = servers["gateway"].url
         print(f"  API docs   {gateway_url}/docs")
+        show_metrics_urls(servers)
         with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
             results = [show_photos(client, photos)]
             results.append(show_digits(client, digits, reported_accuracy))
@@ -172,6 +188,7 @@ def main(args: argparse.Namespace) -> int:
                     show_detection(client, args.repository, args.output_dir, DIGITS_MODEL)
                 )
     print("\nAll services stopped.")
+    write_drift_report(args.repository, args.output_dir / "drift")
     return 0 if all(results) else 1
 
 
