@@ -40,6 +40,16 @@ KEYWORDS = {
 }  # fmt: skip
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+# Metrics that only the drift job, through the Pushgateway, and the prediction log produce.
+DRIFT_METRICS = {
+    "visionserve_drift_score",
+    "visionserve_drift_threshold",
+    "visionserve_drift_detected",
+    "visionserve_drift_samples",
+    "visionserve_drift_last_run_timestamp_seconds",
+    "visionserve_prediction_log_records_total",
+}
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
 
 
@@ -107,6 +117,18 @@ def label_values_query(definition: str) -> tuple[str, str]:
     if match is None:
         raise ValueError(f"not a label_values(selector, label) query: {definition!r}")
     return match.group("selector").strip(), match.group("label")
+
+
+def documented_metrics() -> set[str]:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    return set(re.findall(r"^\| `(visionserve_\w+)` \|", text, flags=re.MULTILINE))
+
+
+def metric_base_name(name: str) -> str:
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
 
 
 def alert_rules() -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from tests.drift_runs import DRIFT_JOB_AVAILABLE
 from tests.monitored_stack import MonitoredStack, monitored_stack, send_traffic
 from tests.prometheus_servers import finite_values, needs_prometheus, poll
 from tests.promql import (
+    DRIFT_METRICS,
     PanelQuery,
     alert_rules,
     label_values_query,
@@ -37,15 +38,6 @@ from tests.promql import (
 
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
-# Metrics that only the drift job and the prediction log produce.
-DRIFT_METRICS = {
-    "visionserve_drift_score",
-    "visionserve_drift_threshold",
-    "visionserve_drift_detected",
-    "visionserve_drift_samples",
-    "visionserve_drift_last_run_timestamp_seconds",
-    "visionserve_prediction_log_records_total",
-}
 SKIP_DRIFT_REASON = (
     "needs the drift job and the prediction log; test_grafana_dashboards.py checks the "
     "drift queries meanwhile"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.promql import RULE_FILES, alert_rules
+from tests.promql import RULE_FILES, alert_rules, documented_metrics, metric_base_name
 from tests.servers import ROOT
 
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
@@ -27,7 +27,6 @@ SEVERITIES = {"warning", "critical"}
 # Metrics the rules may use without a row in docs/metrics.md: Prometheus' own
 # `up`, and the gauge the drift job pushes to the Pushgateway.
 UNDOCUMENTED_METRICS = {"up", "visionserve_drift_detected"}
-HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None,
@@ -65,18 +64,6 @@ def fired_alert_names() -> set[str]:
                 if case.get("exp_alerts"):
                     names.add(case["alertname"])
     return names
-
-
-def documented_metrics() -> set[str]:
-    text = (ROOT / "docs" / "metrics.md").read_text()
-    return set(re.findall(r"^\| `(visionserve_\w+)` \|", text, flags=re.MULTILINE))
-
-
-def metric_base_name(name: str) -> str:
-    for suffix in HISTOGRAM_SUFFIXES:
-        if name.endswith(suffix):
-            return name.removesuffix(suffix)
-    return name
 
 
 def test_rule_and_test_files_exist() -> None:
