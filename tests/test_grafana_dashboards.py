@@ -132,6 +132,13 @@ def test_panels_have_targets(dashboard: dict[str, Any]) -> None:
         assert panel.get("description"), f"panel {panel['title']!r} has no description"
 
 
+def grids_overlap(a: dict[str, int], b: dict[str, int]) -> bool:
+    """Return True when two panel rectangles (gridPos) share at least one grid cell."""
+    overlap_x = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
+    overlap_y = a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+    return overlap_x and overlap_y
+
+
 @pytest.mark.parametrize("dashboard", dashboard_cases())
 def test_panels_fit_grid_without_overlap(dashboard: dict[str, Any]) -> None:
     boxes = []
@@ -144,11 +151,17 @@ def test_panels_fit_grid_without_overlap(dashboard: dict[str, Any]) -> None:
         assert grid["x"] + grid["w"] <= GRID_WIDTH, panel["title"]
         boxes.append((panel["title"], grid))
 
-    for index, (title, a) in enumerate(boxes):
-        for other, b in boxes[index + 1 :]:
-            overlap_x = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"]
-            overlap_y = a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
-            assert not (overlap_x and overlap_y), f"{title!r} overlaps {other!r}"
+    for index, (title, grid) in enumerate(boxes):
+        for other, other_grid in boxes[index + 1 :]:
+            assert not grids_overlap(grid, other_grid), f"{title!r} overlaps {other!r}"
+
+
+def test_grids_overlap() -> None:
+    left = {"x": 0, "y": 0, "w": 12, "h": 8}
+
+    assert grids_overlap(left, {"x": 11, "y": 7, "w": 4, "h": 4})
+    assert not grids_overlap(left, {"x": 12, "y": 0, "w": 12, "h": 8})
+    assert not grids_overlap(left, {"x": 0, "y": 8, "w": 24, "h": 1})
 
 
 @pytest.mark.parametrize("dashboard", dashboard_cases())
