@@ -21,20 +21,15 @@ from services.common.metadata import read_metadata
 from tests.prometheus_servers import Prometheus, finite_values, poll
 from tests.redis_servers import SHARED_REDIS_URL
 from tests.servers import ROOT
+from training.reference import ReferenceImages, write_reference_profile
 
-# The drift job and the export code that writes reference.json come with the
-# prediction log. Tests that need them skip while either is missing.
-DRIFT_JOB_AVAILABLE = all(
-    importlib.util.find_spec(module) is not None
-    for module in ("monitoring.drift", "training.reference")
-)
+# Tests that need the drift job skip until it is merged.
+DRIFT_JOB_AVAILABLE = importlib.util.find_spec("monitoring.drift") is not None
 DRIFT_JOB_TIMEOUT = 120.0
 
 
 def write_reference(version_dir: Path, images: Iterable[bytes], source: str) -> Path:
     """Write `reference.json` of the model version in `version_dir` from encoded `images`."""
-    from training.reference import ReferenceImages, write_reference_profile
-
     metadata = read_metadata(version_dir)
     return write_reference_profile(version_dir, metadata, ReferenceImages(list(images), source))
 

@@ -31,7 +31,7 @@ pytestmark = [
     pytest.mark.slow,
     needs_prometheus,
     pytest.mark.skipif(
-        not DRIFT_JOB_AVAILABLE, reason="needs the drift job and the prediction log"
+        not DRIFT_JOB_AVAILABLE, reason="needs the drift job (python -m monitoring.drift)"
     ),
 ]
 

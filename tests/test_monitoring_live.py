@@ -8,9 +8,9 @@ through Prometheus' HTTP API. Then the detector is stopped and the target-down
 alert must go pending or firing.
 
 The drift dashboard and the drift alert read what `python -m monitoring.drift`
-pushes to the Pushgateway, and the prediction log that the model services
-write. Until that job exists, their cases are skipped here, and
-tests/test_grafana_dashboards.py checks those queries against sample values.
+pushes to the Pushgateway. Until that job exists, the cases that need its
+gauges are skipped here, and tests/test_grafana_dashboards.py checks those
+queries against sample values.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.drift_runs import DRIFT_JOB_AVAILABLE
 from tests.monitored_stack import MonitoredStack, monitored_stack, send_traffic
 from tests.prometheus_servers import finite_values, needs_prometheus, poll
 from tests.promql import (
-    DRIFT_METRICS,
+    DRIFT_JOB_METRICS,
     PanelQuery,
     alert_rules,
     label_values_query,
@@ -39,8 +39,8 @@ from tests.promql import (
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
 SKIP_DRIFT_REASON = (
-    "needs the drift job and the prediction log; test_grafana_dashboards.py checks the "
-    "drift queries meanwhile"
+    "needs the drift job (python -m monitoring.drift); test_grafana_dashboards.py checks "
+    "the drift queries meanwhile"
 )
 # The failed reload and the queue_full burst of the traffic raise these two.
 PROVOKED_ALERTS = {"VisionServeModelReloadFailed", "VisionServeQueueRejecting"}
@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoredStack]:
 
 
 def skip_until_drift_job(names: set[str]) -> None:
-    if names & DRIFT_METRICS and not DRIFT_JOB_AVAILABLE:
+    if names & DRIFT_JOB_METRICS and not DRIFT_JOB_AVAILABLE:
         pytest.skip(SKIP_DRIFT_REASON)
 
 
@@ -119,7 +119,7 @@ def test_every_metric_name_exists(stack: MonitoredStack) -> None:
     for rule in alert_rules():
         used |= metric_names(rule["expr"])
     if not DRIFT_JOB_AVAILABLE:
-        used -= DRIFT_METRICS
+        used -= DRIFT_JOB_METRICS
 
     missing: set[str] = set()
 
