@@ -8,9 +8,10 @@ records and the report lists the Redis error.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from monitoring.drift.job import run_once
+from monitoring.drift.settings import MonitorSettings
 from scripts.local_stack import Server
 
 DEMO_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -31,12 +32,6 @@ def show_metrics_urls(servers: dict[str, Server]) -> None:
 
 def write_drift_report(repository: Path, report_dir: Path) -> None:
     """Run the drift job once on the demo's prediction log and print where its reports are."""
-    if importlib.util.find_spec("monitoring.drift") is None:
-        print("\nNo drift report: this checkout has no monitoring.drift package.")
-        return
-    from monitoring.drift.job import run_once
-    from monitoring.drift.settings import MonitorSettings
-
     settings = MonitorSettings(
         redis_url=DEMO_REDIS_URL,
         redis_key_prefix=DEMO_KEY_PREFIX,

@@ -8,7 +8,6 @@ to the stack's Pushgateway.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,8 +22,6 @@ from tests.redis_servers import SHARED_REDIS_URL
 from tests.servers import ROOT
 from training.reference import ReferenceImages, write_reference_profile
 
-# Tests that need the drift job skip until it is merged.
-DRIFT_JOB_AVAILABLE = importlib.util.find_spec("monitoring.drift") is not None
 DRIFT_JOB_TIMEOUT = 120.0
 
 

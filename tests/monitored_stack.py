@@ -22,7 +22,6 @@ from PIL import Image
 
 from tests.detection_models import COLOUR_DETECTOR, build_colour_detector_repository
 from tests.drift_runs import (
-    DRIFT_JOB_AVAILABLE,
     run_drift_job,
     wait_for_drift_results,
     write_reference,
@@ -113,8 +112,7 @@ def monitored_stack(work_dir: Path) -> Iterator[MonitoredStack]:
         classifier_repository, colour_classifier(), colour_metadata(name=BURST_MODEL)
     )
     detector_repository = build_colour_detector_repository(work_dir / "detectors")
-    if DRIFT_JOB_AVAILABLE:
-        write_references(classifier_repository, detector_repository)
+    write_references(classifier_repository, detector_repository)
 
     with ExitStack() as stack:
         prefix = stack.enter_context(shared_redis_prefix("monitoring"))
@@ -207,8 +205,7 @@ def send_traffic(stack: MonitoredStack) -> None:
 
     reload_classifier_twice(stack)
     overflow_burst_queue(stack)
-    if DRIFT_JOB_AVAILABLE:
-        check_drift(stack)
+    check_drift(stack)
 
 
 def send_model_requests(gateway: Server) -> None:
@@ -250,8 +247,7 @@ def reload_classifier_twice(stack: MonitoredStack) -> None:
     version_dir = write_model_version(
         stack.classifier_repository, colour_classifier(), colour_metadata(version=2)
     )
-    if DRIFT_JOB_AVAILABLE:
-        write_reference(version_dir, colour_images(), "the colour images of the traffic")
+    write_reference(version_dir, colour_images(), "the colour images of the traffic")
     response = httpx.post(reload_url, headers=admin, timeout=60.0)
     assert response.status_code == 200, response.text
 

@@ -41,14 +41,6 @@ KEYWORDS = {
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
-# Metrics that only the drift job produces, through the Pushgateway.
-DRIFT_JOB_METRICS = {
-    "visionserve_drift_score",
-    "visionserve_drift_threshold",
-    "visionserve_drift_detected",
-    "visionserve_drift_samples",
-    "visionserve_drift_last_run_timestamp_seconds",
-}
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
 
 

@@ -3,31 +3,18 @@
 No Grafana package exists for Debian, so these tests check the JSON at the
 level Grafana relies on: ids, datasource, targets and layout. The helpers
 that turn the panel queries and alert expressions into evaluable PromQL for
-tests/test_monitoring_live.py are tested here too. The last test pushes
-sample drift results to a real Pushgateway and evaluates the drift dashboard
-against a real Prometheus. So it checks the queries against the metric
-contract of the drift job, not the job itself.
+tests/test_monitoring_live.py are tested here too.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from tests.prometheus_servers import (
-    finite_values,
-    needs_prometheus,
-    poll,
-    running_prometheus,
-    running_pushgateway,
-)
 from tests.promql import (
-    DRIFT_JOB_METRICS,
     alert_rules,
     documented_metrics,
     label_values_query,
@@ -39,16 +26,15 @@ from tests.promql import (
     substitute_variables,
     without_threshold,
 )
-from tests.servers import ROOT, Server, free_port
+from tests.servers import ROOT
 
 GRAFANA_DIR = ROOT / "monitoring" / "grafana"
 DATASOURCE_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDER_FILE = GRAFANA_DIR / "provisioning" / "dashboards" / "visionserve.yml"
 EXPECTED_DASHBOARDS = {"overview.json", "models.json", "drift.json", "redis-cache.json"}
 GRID_WIDTH = 24
-# Metrics that may be missing from docs/metrics.md: Prometheus adds `up` itself,
-# and the drift job documents its gauges when it is merged.
-UNDOCUMENTED_METRICS = {"up", *DRIFT_JOB_METRICS}
+# Prometheus adds `up` itself, so docs/metrics.md does not list it.
+UNDOCUMENTED_METRICS = {"up"}
 
 
 def datasource_uid() -> str:
@@ -266,68 +252,3 @@ def test_label_values_query() -> None:
     )
     with pytest.raises(ValueError, match="not a label_values"):
         label_values_query("query_result(up)")
-
-
-# Drift dashboard against sample values -----------------------------------------
-
-DRIFT_FEATURES = {
-    "psi": ("brightness", "confidence"),
-    "ks": ("brightness",),
-    "js": ("predicted_class",),
-}
-
-
-def push_sample_drift_results(pushgateway: Server, detected: int) -> None:
-    """Push drift results shaped like the drift job's, for one classifier model version."""
-    registry = CollectorRegistry()
-    labels = {"service": "classifier", "model": "colours", "version": "1"}
-    score = Gauge(
-        "visionserve_drift_score",
-        "Drift score.",
-        [*labels, "feature", "statistic"],
-        registry=registry,
-    )
-    for statistic, features in DRIFT_FEATURES.items():
-        for feature in features:
-            score.labels(**labels, feature=feature, statistic=statistic).set(0.3)
-    threshold = Gauge("visionserve_drift_threshold", "Threshold.", ["statistic"], registry=registry)
-    for statistic, value in {"psi": 0.2, "ks": 0.1, "js": 0.1}.items():
-        threshold.labels(statistic=statistic).set(value)
-    for name, value in {
-        "visionserve_drift_detected": detected,
-        "visionserve_drift_samples": 500,
-        "visionserve_drift_last_run_timestamp_seconds": 1.0e9,
-    }.items():
-        Gauge(name, name, list(labels), registry=registry).labels(**labels).set(value)
-    push_to_gateway(pushgateway.url, job="visionserve-drift", registry=registry)
-
-
-@pytest.mark.slow
-@needs_prometheus
-def test_drift_queries_read_pushed_contract(tmp_path: Path) -> None:
-    drift_queries = [query for query in panel_queries() if query.dashboard == "drift.json"]
-    drift_alert = next(
-        rule for rule in alert_rules() if rule["alert"] == "VisionServeDriftDetected"
-    )
-    # The prediction-log counter comes from the model services, which this test does not run.
-    pushed = [
-        query
-        for query in drift_queries
-        if "visionserve_prediction_log_records_total" not in query.expression
-    ]
-
-    with running_pushgateway(tmp_path) as pushgateway:
-        push_sample_drift_results(pushgateway, detected=1)
-        # The service jobs point at unused ports, so their targets stay down.
-        targets = {job: f"127.0.0.1:{free_port()}" for job in ("gateway", "classifier", "detector")}
-        targets["pushgateway"] = f"127.0.0.1:{pushgateway.port}"
-        with running_prometheus(targets, tmp_path / "prometheus") as prometheus:
-            for query in pushed:
-                result = prometheus.wait_for_finite(substitute_variables(query.expression), 20.0)
-                assert finite_values(result), query.name
-
-            def drift_alert_active() -> bool | None:
-                names = {alert["labels"]["alertname"] for alert in prometheus.alerts()}
-                return True if drift_alert["alert"] in names else None
-
-            assert poll(drift_alert_active, 20.0, "VisionServeDriftDetected pending")

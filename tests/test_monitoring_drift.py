@@ -17,7 +17,6 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from tests.drift_runs import (
-    DRIFT_JOB_AVAILABLE,
     run_drift_job,
     wait_for_drift_results,
     write_reference,
@@ -27,13 +26,7 @@ from tests.monitored_stack import MonitoredStack, monitored_stack
 from tests.onnx_models import COLOUR_MODEL
 from tests.prometheus_servers import finite_values, needs_prometheus, poll
 
-pytestmark = [
-    pytest.mark.slow,
-    needs_prometheus,
-    pytest.mark.skipif(
-        not DRIFT_JOB_AVAILABLE, reason="needs the drift job (python -m monitoring.drift)"
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_prometheus]
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon")
 REFERENCE_IMAGES = 400

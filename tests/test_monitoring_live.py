@@ -8,9 +8,8 @@ through Prometheus' HTTP API. Then the detector is stopped and the target-down
 alert must go pending or firing.
 
 The drift dashboard and the drift alert read what `python -m monitoring.drift`
-pushes to the Pushgateway. Until that job exists, the cases that need its
-gauges are skipped here, and tests/test_grafana_dashboards.py checks those
-queries against sample values.
+pushes to the Pushgateway, so the traffic ends with a run of that job.
+tests/test_monitoring_drift.py makes the drift alert fire.
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.drift_runs import DRIFT_JOB_AVAILABLE
 from tests.monitored_stack import MonitoredStack, monitored_stack, send_traffic
 from tests.prometheus_servers import finite_values, needs_prometheus, poll
 from tests.promql import (
-    DRIFT_JOB_METRICS,
     PanelQuery,
     alert_rules,
     label_values_query,
@@ -38,10 +35,6 @@ from tests.promql import (
 
 pytestmark = [pytest.mark.slow, needs_prometheus]
 
-SKIP_DRIFT_REASON = (
-    "needs the drift job (python -m monitoring.drift); test_grafana_dashboards.py checks "
-    "the drift queries meanwhile"
-)
 # The failed reload and the queue_full burst of the traffic raise these two.
 PROVOKED_ALERTS = {"VisionServeModelReloadFailed", "VisionServeQueueRejecting"}
 # The burst may also raise these two, depending on how many of its requests the
@@ -61,15 +54,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitoredStack]:
         yield running
 
 
-def skip_until_drift_job(names: set[str]) -> None:
-    if names & DRIFT_JOB_METRICS and not DRIFT_JOB_AVAILABLE:
-        pytest.skip(SKIP_DRIFT_REASON)
-
-
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda query: query.name)
 def test_panel_query_returns_data(stack: MonitoredStack, query: PanelQuery) -> None:
     expression = substitute_variables(query.expression)
-    skip_until_drift_job(metric_names(expression))
 
     result = stack.prometheus.wait_for_finite(expression, DATA_TIMEOUT)
 
@@ -78,8 +65,6 @@ def test_panel_query_returns_data(stack: MonitoredStack, query: PanelQuery) -> N
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
 def test_alert_expression_returns_data(stack: MonitoredStack, rule: dict[str, Any]) -> None:
-    skip_until_drift_job(metric_names(rule["expr"]))
-
     result = stack.prometheus.wait_for_finite(without_threshold(rule["expr"]), DATA_TIMEOUT)
 
     assert finite_values(result)
@@ -103,7 +88,6 @@ def test_variable_has_values(
 ) -> None:
     selector, label = label_values_query(variable["definition"])
     selector = substitute_variables(selector)
-    skip_until_drift_job(metric_names(selector))
 
     def values() -> list[str] | None:
         found: list[str] = stack.prometheus.api(f"label/{label}/values", **{"match[]": selector})
@@ -118,8 +102,6 @@ def test_every_metric_name_exists(stack: MonitoredStack) -> None:
         used |= metric_names(substitute_variables(query.expression))
     for rule in alert_rules():
         used |= metric_names(rule["expr"])
-    if not DRIFT_JOB_AVAILABLE:
-        used -= DRIFT_JOB_METRICS
 
     missing: set[str] = set()
 
