@@ -146,7 +146,12 @@ class ComposeRun:
             return [program, *arguments, "--port", port, "--bind", "127.0.0.1"]
         if program in {"prometheus-pushgateway", "prometheus"}:
             address = f"127.0.0.1:{self.local_port(service.name)}"
-            return [program, *command, f"--web.listen-address={address}"]
+            local = [program, *command, f"--web.listen-address={address}"]
+            if program == "prometheus-pushgateway":
+                # Debian's build persists to a shared file under /var/lib by
+                # default; the upstream image keeps metrics in memory only.
+                local.append("--persistence.file=")
+            return local
         return command
 
     def local_healthcheck(self, service: ComposeService) -> list[str] | None:
