@@ -347,8 +347,6 @@ def test_compose_mounts_prometheus_config() -> None:
 
 def test_compose_mounts_grafana_provisioning() -> None:
     provisioning = GRAFANA_DIR / "provisioning"
-    if not provisioning.is_dir():
-        pytest.skip("monitoring/grafana/provisioning does not exist on this branch yet")
     volumes = compose_services()["grafana"].spec["volumes"]
     mounts = dict(str(volume).split(":")[:2] for volume in volumes)
     assert mounts["./monitoring/grafana/provisioning"] == "/etc/grafana/provisioning"
