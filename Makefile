@@ -42,7 +42,7 @@ test: install checkov-venv
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services training scripts bench
+	$(BIN)/mypy services training scripts bench monitoring
 
 # BentoML for `python -m bench.serving` lives in its own virtualenv, so that
 # its dependency pins never touch .venv. It gets the serving extra and no torch.
