@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterable, Mapping
 import anyio
 import anyio.to_thread
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from services.common.redis_keys import (
     LiveVersion,
     default_model_key,
     live_version_key,
     redacted_redis_url,
+    single_attempt_client,
 )
 from services.common.repository import LoadedModel
 
@@ -63,12 +62,7 @@ class LiveVersionPublisher:
     ) -> None:
         self._url = url
         # No retries: a write that fails is repeated by the next heartbeat anyway.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client = single_attempt_client(url, timeout_seconds)
         self._prefix = prefix
         self._service = service
         self._ttl_ms = int(ttl_seconds * 1000)

@@ -20,14 +20,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from services.common.input_stats import InputStats
 from services.common.logging import current_request_id
 from services.common.metrics import ServiceMetrics
 from services.common.prediction_record import PredictionRecord, prediction_log_key
-from services.common.redis_keys import redacted_redis_url
+from services.common.redis_keys import redacted_redis_url, single_attempt_client
 from services.common.repository import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -64,12 +62,7 @@ class PredictionLog:
     ) -> None:
         self._url = url
         # No retries: a failed pipeline is dropped, and the next one tries again.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client = single_attempt_client(url, timeout_seconds)
         self._prefix = prefix
         self._service = service
         self._metrics = metrics

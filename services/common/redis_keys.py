@@ -25,6 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 DEFAULT_KEY_PREFIX = "visionserve"
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
 _KEY_PREFIX = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -90,3 +94,13 @@ def redacted_redis_url(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def single_attempt_client(url: str, timeout_seconds: float) -> redis.Redis:
+    """Return a client that sends each command once, so that its caller decides when to retry."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+    )
