@@ -80,8 +80,11 @@ class AugmentOptions:
         )
 
 
-def build_sample_transform(options: AugmentOptions, spec: PreprocessSpec) -> v2.Compose:
-    """Return the per-sample augmentation of a uint8 image tensor (3, H, W) of the input size."""
+def build_sample_transform(options: AugmentOptions, spec: PreprocessSpec) -> torch.nn.Module:
+    """Return the per-sample augmentation of a uint8 image tensor (3, H, W) of the input size.
+
+    Returns v2.Identity when every per-sample augmentation is off.
+    """
     steps: list[torch.nn.Module] = []
     if options.crop_scale is not None:
         steps.append(
@@ -105,7 +108,7 @@ def build_sample_transform(options: AugmentOptions, spec: PreprocessSpec) -> v2.
         steps.append(v2.RandAugment())
     elif options.auto_augment == "trivialaugment":
         steps.append(v2.TrivialAugmentWide())
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()
 
 
 def resized_bytes(split: Split, spec: PreprocessSpec) -> int:
@@ -124,7 +127,7 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
         self,
         split: Split,
         spec: PreprocessSpec,
-        transform: v2.Compose,
+        transform: torch.nn.Module,
         *,
         cache_max_bytes: int,
         progress: bool = False,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import platform
 import shlex
 import shutil
@@ -31,7 +32,12 @@ import torch
 from training.classification import train
 from training.classification.data import DataOptions, split_data
 from training.classification.optim import steps_per_epoch
-from training.classification.transfer_report import ArmResult, RunRecord, write_page
+from training.classification.transfer_report import (
+    ArmResult,
+    ExperimentSetup,
+    RunRecord,
+    write_page,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +76,10 @@ AUGMENTATION_OPTIONS = (
 SCRATCH_IMAGE_SIZE = 16
 PRETRAINED_IMAGE_SIZE = 64
 QUICK_PRETRAINED_IMAGE_SIZE = 32
-EPOCHS = 15
+EPOCHS = 20
 # Two, because the warmup takes the first epoch.
 QUICK_EPOCHS = 2
-STAGED_HEAD_EPOCHS = 3
+STAGED_HEAD_EPOCHS = 4
 
 
 @dataclass(frozen=True)
@@ -282,7 +288,7 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
     split_text, train_size = describe_splits(args.quick, seeds[0])
     batch_size = int(TRAINING_OPTIONS[TRAINING_OPTIONS.index("--batch-size") + 1])
     environment = (
-        f"{platform.machine()}, {torch.get_num_threads()} PyTorch thread(s), "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, each run on 1 PyTorch thread, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
     example = arm_argv(
@@ -293,23 +299,23 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
         quick=args.quick,
         epochs=epochs,
     )
-    results = write_page(
-        args.output,
-        records=records,
-        arms=[(arm.name, arm.description) for arm in arms],
-        split_sizes=split_text,
+    setup = ExperimentSetup(
         command=_command(args),
         example_train_command="python -m training.classification.train " + shlex.join(example),
-        augmentation=" ".join(AUGMENTATION_OPTIONS),
-        shared_options=" ".join(TRAINING_OPTIONS),
+        arms=[(arm.name, arm.description) for arm in arms],
+        split_sizes=split_text,
         data_options=" ".join(QUICK_DATA_OPTIONS if args.quick else DATA_OPTIONS),
+        shared_options=" ".join(TRAINING_OPTIONS),
+        augmentation=" ".join(AUGMENTATION_OPTIONS),
         epochs=epochs,
         steps_per_epoch=steps_per_epoch(train_size, batch_size, drop_last=False),
         seeds=seeds,
+        pretrained_image_size=QUICK_PRETRAINED_IMAGE_SIZE if args.quick else PRETRAINED_IMAGE_SIZE,
+        scratch_image_size=SCRATCH_IMAGE_SIZE,
         environment=environment,
-        wall_seconds=wall_seconds,
         quick=args.quick,
     )
+    results = write_page(args.output, records, setup, wall_seconds)
     logger.info("wrote %s in %.0f s", args.output, wall_seconds)
     return results
 

