@@ -21,6 +21,7 @@ from training.classification.augment import (
     MixingCollate,
     build_sample_transform,
 )
+from training.classification.checkpoint import load_checkpoint
 from training.classification.data import DataOptions, build_dataset, split_data
 from training.classification.engine import train_one_epoch
 from training.classification.errors import DataNotFoundError, InvalidArgumentsError
@@ -138,6 +139,47 @@ def test_scratch_model_rejects_partial_strategy(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidArgumentsError, match="--strategy full"):
         train.main(train.get_args_parser().parse_args(argv))
+
+
+def test_resume_with_ema_and_augmentation_matches(tmp_path: Path) -> None:
+    # The step schedule lets the resumed run extend --epochs. The EMA copy, the
+    # training weights and the random crops and MixUp draws must all continue.
+    options = [
+        "--dataset", "digits", "--model", "cnn", "--image-size", "8",
+        "--max-samples", "300", "--batch-size", "32", "--threads", "1", "--no-progress",
+        "--lr-scheduler", "step", "--lr-step-size", "1", "--lr-gamma", "0.5",
+        "--ema-decay", "0.8", "--crop-scale", "0.7", "--mixup-alpha", "0.4",
+        "--max-grad-norm", "1.0",
+    ]  # fmt: skip
+    straight_dir = tmp_path / "straight"
+    resumed_dir = tmp_path / "resumed"
+    parse = train.get_args_parser().parse_args
+    train.main(parse([*options, "--epochs", "2", "--output-dir", str(straight_dir)]))
+    train.main(parse([*options, "--epochs", "1", "--output-dir", str(resumed_dir)]))
+
+    train.main(parse([*options, "--epochs", "2", "--resume", str(resumed_dir / "last.pt")]))
+
+    straight = load_checkpoint(straight_dir / "last.pt")
+    resumed = load_checkpoint(resumed_dir / "last.pt")
+    assert resumed["ema_updates"] == straight["ema_updates"]
+    for part in ("model", "training_model"):
+        for key, tensor in straight[part].items():
+            assert torch.equal(tensor, resumed[part][key]), f"{part} {key}"
+    averaged, trained = straight["model"], straight["training_model"]
+    assert not torch.equal(averaged["classifier.2.weight"], trained["classifier.2.weight"])
+
+
+def test_resume_warmup_keeps_epoch_count(tmp_path: Path) -> None:
+    options = [
+        "--dataset", "digits", "--model", "mlp", "--image-size", "8", "--max-samples", "200",
+        "--lr-scheduler", "cosine", "--warmup-epochs", "1", "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    run_dir = tmp_path / "run"
+    parse = train.get_args_parser().parse_args
+    train.main(parse([*options, "--epochs", "2", "--output-dir", str(run_dir)]))
+
+    with pytest.raises(InvalidArgumentsError, match="warmup schedule spans the epoch count"):
+        train.main(parse([*options, "--epochs", "3", "--resume", str(run_dir / "last.pt")]))
 
 
 def batchnorm_buffers(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

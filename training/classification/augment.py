@@ -34,7 +34,7 @@ AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 class AugmentOptions:
     """Each augmentation and its strength; the defaults switch all of them off."""
 
-    # Smallest crop area as a share of the image for RandomResizedCrop; None: no crop.
+    # Smallest crop area of RandomResizedCrop as a share of the image. None turns the crop off.
     crop_scale: float | None = None
     hflip: float = 0.0
     vflip: float = 0.0
@@ -66,7 +66,7 @@ class AugmentOptions:
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> AugmentOptions:
-        """Read the augmentation options of a training run; missing keys switch one off."""
+        """Read the augmentation options from a run's arguments; a missing key turns one off."""
         return cls(
             crop_scale=args.get("crop_scale"),
             hflip=args.get("hflip", 0.0),

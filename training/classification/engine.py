@@ -16,6 +16,8 @@ from tqdm import tqdm
 from training.classification.finetune import set_train_mode
 
 # Autocast types: CPUs run bfloat16 matrix kernels, CUDA GPUs float16.
+# NOTE: train.py has no device option and trains on the CPU, so the CUDA
+# branch (float16 with GradScaler) has never run.
 AMP_DTYPES = {"cpu": torch.bfloat16, "cuda": torch.float16}
 
 
@@ -69,8 +71,8 @@ def train_one_epoch(
     set_train_mode(model)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     device_type = trainable[0].device.type if trainable else "cpu"
-    # GradScaler keeps small float16 gradients from flushing to zero; bfloat16
-    # has float32's exponent range and needs no scaling.
+    # GradScaler keeps small float16 gradients from flushing to zero. bfloat16
+    # has float32's exponent range, so it needs no scaling.
     scaler = torch.amp.GradScaler(device_type, enabled=options.amp and device_type == "cuda")
     total_loss = 0.0
     correct = 0

@@ -147,7 +147,8 @@ def layer_groups(model: nn.Module) -> LayerGroups:
     total = len(list(model.parameters()))
     if grouped != total:
         raise RuntimeError(
-            f"layer groups of {type(model).__name__} hold {grouped} of {total} tensors"
+            f"the layer groups of {type(model).__name__} contain {grouped} of its "
+            f"{total} parameter tensors"
         )
     return groups
 
@@ -156,8 +157,8 @@ def check_strategy(strategy: Strategy, groups: LayerGroups, model_name: str) -> 
     """Raise InvalidArgumentsError when `strategy` does not fit the model's groups."""
     if strategy.name != "full" and not groups.backbone:
         raise InvalidArgumentsError(
-            f"--strategy {strategy.name} needs a pretrained backbone; {model_name} trains "
-            f"from scratch, so use --strategy full"
+            f"--strategy {strategy.name} needs a pretrained backbone, but {model_name} "
+            f"trains from scratch. Use --strategy full"
         )
     count = len(groups.backbone)
     if strategy.name == "partial" and not 1 <= (strategy.unfreeze_blocks or 0) <= count:
@@ -201,8 +202,8 @@ def set_train_mode(model: nn.Module) -> None:
 
 
 def _decays(name: str, parameter: nn.Parameter) -> bool:
-    # Biases and the scale and shift of normalisation layers are 1-D; decaying
-    # them toward zero only fights the normalisation.
+    # Biases and the scale and shift of normalisation layers are 1-D. Decaying
+    # them toward zero works against the normalisation.
     return parameter.ndim > 1 and not name.endswith(".bias")
 
 
@@ -216,7 +217,7 @@ def optimizer_parameter_groups(
 ) -> list[dict[str, object]]:
     """Return optimizer parameter groups: one or two per layer group.
 
-    The head gets `lr`; the backbone group k places below the head gets
+    The head gets `lr`, and the backbone group k places below the head gets
     lr * layer_lr_decay**k (discriminative learning rates). Biases and norm
     parameters get no weight decay unless `decay_norm_and_bias`. Frozen
     parameters are included because PyTorch's optimizers skip a parameter

@@ -110,7 +110,7 @@ def model_name_argument(name: str) -> str:
         timm_name(name)
         return name
     raise InvalidArgumentsError(
-        f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} or {TIMM_PREFIX}<name>"
+        f"unknown model {name!r}. Choose one of {', '.join(MODEL_NAMES)} or {TIMM_PREFIX}<name>"
     )
 
 
@@ -132,7 +132,7 @@ def check_weights_source(name: str, weights: Path | None, download_weights: bool
         )
     if not weights.is_file():
         raise DataNotFoundError(
-            f"weights file {weights} not found; pass --weights with an existing "
+            f"weights file {weights} not found. Pass --weights with an existing "
             f"{kind} {name} state dict, or --download-weights"
         )
 

@@ -37,7 +37,7 @@ class RunState:
     """Model, loss, optimizer, lr schedule, early stopping and the shuffling generator.
 
     `schedule` sets the trainable layer groups of each epoch. With EMA on,
-    `step_options.ema` holds the averaged copy that validation, best.pt and
+    `step_options.ema` is the averaged copy that validation, best.pt and
     export use.
     """
 
@@ -156,8 +156,8 @@ def checkpoint_payload(
     ema = state.step_options.ema
     extra: dict[str, Any] = {}
     if ema is not None:
-        # "model" holds the averaged weights that export and reports load;
-        # resuming also needs the weights the optimizer works on.
+        # "model" contains the averaged weights that export and reports load.
+        # Resuming also needs the weights the optimizer works on.
         extra = {"training_model": state.model.state_dict(), "ema_updates": int(ema.n_averaged)}
     return {
         **extra,

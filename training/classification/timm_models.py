@@ -28,7 +28,7 @@ def timm_name(name: str) -> str:
     architecture = model_name.split(".", 1)[0]
     if not model_name or not timm.is_model(architecture):
         raise InvalidArgumentsError(
-            f"unknown timm model {model_name!r}; list the names with "
+            f"unknown timm model {model_name!r}. List the names with "
             f"`python -c \"import timm; print(timm.list_models('*resnet*'))\"`"
         )
     return model_name
@@ -39,7 +39,7 @@ def timm_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]
     config = timm.models.get_pretrained_cfg(timm_name(name))
     if config is None:
         raise InvalidArgumentsError(
-            f"timm has no pretrained configuration for {name}; add a pretrained tag, "
+            f"timm has no pretrained configuration for {name}. Add a pretrained tag, "
             f"for example {name}.a1_in1k"
         )
     return tuple(config.mean), tuple(config.std)
@@ -62,7 +62,7 @@ def build_timm_model(
     if weights is not None:
         if not weights.is_file():
             raise DataNotFoundError(
-                f"weights file {weights} not found; pass --weights with an existing "
+                f"weights file {weights} not found. Pass --weights with an existing "
                 f"{model_name} state dict (.pth or .safetensors), or --download-weights"
             )
         overlay = {"file": str(weights)}
@@ -86,8 +86,8 @@ def build_timm_model(
         )
     except OSError as error:
         raise DataNotFoundError(
-            f"downloading the {model_name} weights failed ({error}); "
-            f"pass --weights FILE with a local {model_name} state dict instead"
+            f"downloading the {model_name} weights failed ({error}). "
+            f"Pass --weights FILE with a local {model_name} state dict instead"
         ) from error
     return model
 

@@ -69,7 +69,7 @@ class TrainingResult:
     test_accuracy: float
     test_macro_f1: float
     seconds: float
-    # Parameters that trained in the last epoch; strategies freeze the others.
+    # Parameters that trained in the last epoch. Strategies freeze the others.
     trainable_parameters: int
 
 

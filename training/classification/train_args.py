@@ -374,10 +374,12 @@ def merge_resumed_args(
             )
         setattr(args, key, Path(stored) if isinstance(defaults[key], Path) else stored)
         restored.append(key)
-    if args.lr_scheduler == "onecycle" and args.epochs != checkpoint_args["epochs"]:
+    spans_run = args.lr_scheduler == "onecycle" or args.warmup_epochs > 0
+    if spans_run and args.epochs != checkpoint_args["epochs"]:
+        schedule = "onecycle" if args.lr_scheduler == "onecycle" else "warmup"
         _reject(
             f"--epochs {args.epochs} differs from the checkpoint's {checkpoint_args['epochs']}; "
-            f"the onecycle schedule spans the epoch count it started with, so leave --epochs "
+            f"the {schedule} schedule spans the epoch count it started with, so leave --epochs "
             f"out or pass --epochs {checkpoint_args['epochs']}"
         )
     if restored:

@@ -23,9 +23,9 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
         "--strategy",
         choices=STRATEGIES,
         default="full",
-        help="full: train everything; linear_probe: the new head only; partial: the head and "
-        "the last --unfreeze-blocks backbone groups; staged: the head for --head-epochs, then "
-        "one more backbone group every --unfreeze-every epochs",
+        help="full trains everything, linear_probe only the new head, partial the head and "
+        "the last --unfreeze-blocks backbone groups, and staged the head alone for "
+        "--head-epochs, then one more backbone group every --unfreeze-every epochs",
     )
     finetune.add_argument(
         "--unfreeze-blocks",
@@ -88,10 +88,16 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     augment.add_argument("--auto-augment", choices=AUTO_AUGMENTS, default="none")
     augment.add_argument(
-        "--mixup-alpha", type=float, default=0.0, help="MixUp Beta(alpha, alpha); 0: off"
+        "--mixup-alpha",
+        type=float,
+        default=0.0,
+        help="alpha of MixUp's Beta(alpha, alpha) mixing weights, 0 turns MixUp off",
     )
     augment.add_argument(
-        "--cutmix-alpha", type=float, default=0.0, help="CutMix Beta(alpha, alpha); 0: off"
+        "--cutmix-alpha",
+        type=float,
+        default=0.0,
+        help="alpha of CutMix's Beta(alpha, alpha) patch areas, 0 turns CutMix off",
     )
 
     extras = parser.add_argument_group("Optimisation extras")
@@ -117,8 +123,8 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
         "--ema-decay",
         type=float,
         default=None,
-        help="keep an exponential moving average of the weights with this decay per step; "
-        "validation, best.pt and export use the average (default: off)",
+        help="keep an exponential moving average of the weights with this decay per step. "
+        "Validation, best.pt and export then use the average (default: off)",
     )
 
 
@@ -160,7 +166,7 @@ def _check_augment_args(args: argparse.Namespace) -> None:
 
 
 def check_transfer_args(args: argparse.Namespace) -> None:
-    """Validate the fine-tuning, augmentation and extra options; fills staged defaults."""
+    """Validate the fine-tuning, augmentation and extra options, and fill the staged defaults."""
     _check_strategy_args(args)
     _check_augment_args(args)
     if args.warmup_epochs < 0:

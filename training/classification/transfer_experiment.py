@@ -175,7 +175,7 @@ def run_arm(
         train_loss=[row["train_loss"] for row in log],
         trainable_parameters=result.trainable_parameters,
     )
-    # Checkpoints of EfficientNet take about 60 MB each; only the metrics are kept.
+    # An EfficientNet checkpoint takes about 60 MB, so only the metrics are kept.
     shutil.rmtree(run_dir)
     logger.info(
         "%s %s seed %d: test accuracy %.4f, macro F1 %.4f, %.1f s",
@@ -190,7 +190,7 @@ def run_arm(
 
 
 def describe_splits(quick: bool, seed: int) -> tuple[str, int]:
-    """Return a description of the split sizes for `seed` and the training images per batch."""
+    """Return a description of the split sizes for `seed`, and the training split size."""
     options = train.get_args_parser().parse_args(
         list(QUICK_DATA_OPTIONS if quick else DATA_OPTIONS)
     )
@@ -269,6 +269,7 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
     seeds = [args.seeds[0]] if args.quick else args.seeds
     epochs = QUICK_EPOCHS if args.quick else args.epochs
     arms = [arm for arm in ARMS if arm.name in args.arms]
+
     records = []
     with tempfile.TemporaryDirectory(dir=args.work_dir, prefix="transfer-") as work:
         for arm in arms:
@@ -285,6 +286,7 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
                         )
                     )
     wall_seconds = time.perf_counter() - started
+
     split_text, train_size = describe_splits(args.quick, seeds[0])
     batch_size = int(TRAINING_OPTIONS[TRAINING_OPTIONS.index("--batch-size") + 1])
     environment = (
@@ -299,6 +301,7 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
         quick=args.quick,
         epochs=epochs,
     )
+
     setup = ExperimentSetup(
         command=_command(args),
         example_train_command="python -m training.classification.train " + shlex.join(example),

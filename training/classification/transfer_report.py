@@ -152,7 +152,7 @@ def plot_curves(results: list[ArmResult], path: Path) -> None:
 
 @dataclass(frozen=True)
 class ExperimentSetup:
-    """What the page states about how the runs were made."""
+    """Run settings that the page reports."""
 
     command: str
     example_train_command: str
@@ -198,7 +198,7 @@ def _usage_section() -> list[str]:
 def write_page(
     path: Path, records: list[RunRecord], setup: ExperimentSetup, wall_seconds: float
 ) -> list[ArmResult]:
-    """Write the Markdown page and its learning-curve PNG; return the grouped results."""
+    """Write the Markdown page and its learning-curve PNG, and return the grouped results."""
     arms = setup.arms
     results = group_results(records, [name for name, _ in arms])
     path.parent.mkdir(parents=True, exist_ok=True)
