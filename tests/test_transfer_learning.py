@@ -130,7 +130,7 @@ def test_vgg_strategies_freeze_blocks() -> None:
     )
 
 
-def test_scratch_model_rejects_partial_strategy(tmp_path: Path) -> None:
+def test_scratch_model_rejects_linear_probe(tmp_path: Path) -> None:
     argv = [
         "--dataset", "digits", "--model", "cnn", "--strategy", "linear_probe",
         "--max-samples", "200", "--epochs", "1", "--threads", "1", "--no-progress",

@@ -1,7 +1,7 @@
 """A fine-tuned EfficientNet-Lite0 exports unchanged and the classifier serves its own labels.
 
 Fine-tunes on a small image folder with custom class names (partial strategy,
-augmentation, warmup, EMA), exports through `training.classification.export`
+augmentation, warmup, EMA, bfloat16 autocast), exports through `training.classification.export`
 and queries a real uvicorn classifier process.
 """
 
@@ -61,7 +61,7 @@ def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, li
         "--strategy", "partial", "--unfreeze-blocks", "1",
         "--crop-scale", "0.8", "--hflip", "0.5", "--color-jitter", "0.1",
         "--lr", "1e-3", "--lr-scheduler", "cosine", "--warmup-epochs", "1",
-        "--ema-decay", "0.9", "--max-grad-norm", "1.0",
+        "--ema-decay", "0.9", "--max-grad-norm", "1.0", "--amp",
         "--val-fraction", "0.25", "--test-fraction", "0.25",
         "--batch-size", "8", "--epochs", "2", "--threads", "1", "--no-progress",
         "--output-dir", str(run_dir),

@@ -171,6 +171,20 @@ class ExperimentSetup:
     quick: bool
 
 
+def _limits_section() -> list[str]:
+    return [
+        "## Limits of this experiment",
+        "",
+        "- One data set: 8x8 grayscale digits upscaled to the pretrained input size look "
+        "nothing like the ImageNet photos the backbone learned from. Photos closer to "
+        "ImageNet may rank the arms differently.",
+        "- Each arm has one learning rate, chosen by convention and not tuned per arm. "
+        "Three seeds give a rough spread, not a significance test.",
+        "- Times come from a machine whose 2 cores other jobs shared during the run.",
+        "",
+    ]
+
+
 def _usage_section() -> list[str]:
     return [
         "## Fine-tuning your own images",
@@ -269,6 +283,7 @@ def write_page(
         "",
         *outcome_checks(results),
         "",
+        *_limits_section(),
         *_usage_section(),
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
