@@ -23,7 +23,7 @@ from training.classification.augment import (
 )
 from training.classification.checkpoint import load_checkpoint
 from training.classification.data import DataOptions, build_dataset, split_data
-from training.classification.engine import train_one_epoch
+from training.classification.engine import StepOptions, train_one_epoch
 from training.classification.errors import DataNotFoundError, InvalidArgumentsError
 from training.classification.finetune import (
     Strategy,
@@ -218,6 +218,29 @@ def test_frozen_batchnorm_statistics_unchanged() -> None:
         if not torch.equal(dict(model.named_buffers())[name], before)
     ]
     assert changed, "the BatchNorm layers that train should update their statistics"
+
+
+def test_batchnorm_eval_keeps_statistics_of_trained_layers() -> None:
+    model = build_model("efficientnet_lite0", num_classes=NUM_CLASSES, in_channels=3, image_size=32)
+    apply_strategy(layer_groups(model), Strategy("full"), 1)
+    statistics_before = batchnorm_buffers(model, ("bn1.", "blocks.", "bn2."))
+    scale_before = model.bn2.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    train_one_epoch(
+        model,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        random_loader(1),
+        epoch=1,
+        progress=False,
+        options=StepOptions(batchnorm_eval=True),
+    )
+
+    assert len(statistics_before) == 98
+    for name, before in statistics_before.items():
+        assert torch.equal(dict(model.named_buffers())[name], before), name
+    assert not torch.equal(model.bn2.weight, scale_before)
 
 
 def test_weight_decay_skips_norm_and_bias(efficientnet: nn.Module) -> None:

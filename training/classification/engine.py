@@ -37,6 +37,8 @@ class StepOptions:
     amp: bool = False
     # Update this exponential moving average of the weights after every step.
     ema: AveragedModel | None = None
+    # Keep every BatchNorm layer in eval mode (see finetune.set_train_mode).
+    batchnorm_eval: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def train_one_epoch(
     accuracy of the latter counts the most probable class as the target.
     """
     options = options or StepOptions()
-    set_train_mode(model)
+    set_train_mode(model, batchnorm_eval=options.batchnorm_eval)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     device_type = trainable[0].device.type if trainable else "cpu"
     # GradScaler keeps small float16 gradients from flushing to zero. bfloat16

@@ -186,18 +186,21 @@ def apply_strategy(groups: LayerGroups, strategy: Strategy, epoch: int) -> int:
     )
 
 
-def set_train_mode(model: nn.Module) -> None:
+def set_train_mode(model: nn.Module, *, batchnorm_eval: bool = False) -> None:
     """Put `model` in training mode except BatchNorm layers whose parameters are all frozen.
 
     A frozen BatchNorm in training mode would still normalise with batch
-    statistics and overwrite its pretrained running mean and variance.
+    statistics and overwrite its pretrained running mean and variance. With
+    `batchnorm_eval`, every BatchNorm layer stays in eval mode, including those
+    whose scale and shift train.
     """
     model.train()
     for module in model.modules():
         if not isinstance(module, _BatchNorm):
             continue
         parameters = list(module.parameters(recurse=False))
-        if parameters and not any(parameter.requires_grad for parameter in parameters):
+        frozen = bool(parameters) and not any(parameter.requires_grad for parameter in parameters)
+        if frozen or batchnorm_eval:
             module.eval()
 
 

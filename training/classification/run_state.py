@@ -115,6 +115,7 @@ def build_run_state(
         max_grad_norm=args.max_grad_norm,
         amp=args.amp,
         ema=ema,
+        batchnorm_eval=args.batchnorm_eval,
     )
     lr_scheduler, per_batch = build_lr_scheduler(
         args.lr_scheduler,

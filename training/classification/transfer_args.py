@@ -54,6 +54,13 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
         "of the group above it, the head gets --lr",
     )
     finetune.add_argument(
+        "--batchnorm-eval",
+        action="store_true",
+        help="keep every BatchNorm layer in eval mode, also where its scale and shift train, "
+        "so it normalises with the pretrained running statistics. Unfreezing a layer then "
+        "does not switch it to batch statistics in the middle of a run",
+    )
+    finetune.add_argument(
         "--decay-norm-and-bias",
         action="store_true",
         help="apply weight decay to biases and normalisation parameters too "

@@ -80,6 +80,10 @@ EPOCHS = 20
 # Two, because the warmup takes the first epoch.
 QUICK_EPOCHS = 2
 STAGED_HEAD_EPOCHS = 4
+STAGED_OPTIONS = (
+    f"--model efficientnet_lite0 --strategy staged --head-epochs {STAGED_HEAD_EPOCHS} "
+    f"--unfreeze-every 1 --layer-lr-decay 0.7 --lr 1e-3"
+)
 
 
 @dataclass(frozen=True)
@@ -104,28 +108,32 @@ ARMS = (
     ),
     Arm(
         "partial",
-        "EfficientNet-Lite0, head and last 2 of 8 backbone groups trained, lr 1e-3",
+        "EfficientNet-Lite0, head and last 2 of 8 backbone groups trained, BatchNorm in "
+        "eval mode, lr 1e-3",
         tuple(
             shlex.split(
-                "--model efficientnet_lite0 --strategy partial --unfreeze-blocks 2 --lr 1e-3"
+                "--model efficientnet_lite0 --strategy partial --unfreeze-blocks 2 "
+                "--batchnorm-eval --lr 1e-3"
             )
         ),
     ),
     Arm(
         "full",
-        "EfficientNet-Lite0, every layer trained, lr 1e-3",
-        ("--model", "efficientnet_lite0", "--strategy", "full", "--lr", "1e-3"),
+        "EfficientNet-Lite0, every layer trained, BatchNorm in eval mode, lr 1e-3",
+        tuple(shlex.split("--model efficientnet_lite0 --strategy full --batchnorm-eval --lr 1e-3")),
     ),
     Arm(
         "staged",
         f"EfficientNet-Lite0, head alone for {STAGED_HEAD_EPOCHS} epochs, then one more "
-        f"backbone group per epoch; head lr 1e-3, each group below 0.7x the one above",
-        tuple(
-            shlex.split(
-                f"--model efficientnet_lite0 --strategy staged --head-epochs {STAGED_HEAD_EPOCHS} "
-                f"--unfreeze-every 1 --layer-lr-decay 0.7 --lr 1e-3"
-            )
-        ),
+        f"backbone group per epoch, BatchNorm in eval mode; head lr 1e-3, each group below "
+        f"0.7x the one above",
+        tuple(shlex.split(f"{STAGED_OPTIONS} --batchnorm-eval")),
+    ),
+    Arm(
+        "staged_batch_stats",
+        "as staged, but each unfrozen group's BatchNorm layers switch to batch statistics "
+        "(training mode)",
+        tuple(shlex.split(STAGED_OPTIONS)),
     ),
 )
 
