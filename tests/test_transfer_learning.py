@@ -34,6 +34,7 @@ from training.classification.finetune import (
 from training.classification.models import build_architecture, build_model
 from training.classification.optim import build_lr_scheduler, warmup_lr_factor
 from training.classification.preprocessing import build_preprocess_spec
+from training.classification.transfer_report import ArmResult, RunRecord, outcome_checks
 
 NUM_CLASSES = 3
 
@@ -492,6 +493,28 @@ def test_torchvision_model_loads_local_weights(tmp_path: Path) -> None:
 def test_unknown_timm_model_rejected() -> None:
     with pytest.raises(SystemExit):
         train.get_args_parser().parse_args(["--model", "timm:no_such_net"])
+
+
+def summary_result(arm: str, augment: bool, accuracy: float) -> ArmResult:
+    record = RunRecord(arm, augment, 0, accuracy, accuracy, 1.0, [accuracy], [1.0], 1)
+    return ArmResult(arm, augment, [record])
+
+
+def test_outcome_checks_need_a_positive_gain() -> None:
+    losses = [
+        summary_result("scratch", False, 0.95),
+        summary_result("scratch", True, 0.94),
+        summary_result("full", False, 0.90),
+        summary_result("full", True, 0.50),
+    ]
+    gains = [*losses[:1], summary_result("scratch", True, 0.97), *losses[2:]]
+
+    assert "helps scratch most: does not hold" in outcome_checks(losses)[-1]
+    assert "helps scratch most: holds" in outcome_checks(gains)[-1]
+    assert (
+        "Pretrained beats scratch (without augmentation): does not hold"
+        in (outcome_checks(losses)[0])
+    )
 
 
 def test_quick_experiment_writes_page(tmp_path: Path) -> None:

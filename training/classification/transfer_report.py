@@ -120,11 +120,14 @@ def outcome_checks(results: list[ArmResult]) -> list[str]:
     }
     if "scratch" in gains and len(gains) > 1:
         ranked = sorted(gains, key=lambda arm: gains[arm], reverse=True)
-        verdict = "holds" if ranked[0] == "scratch" else "does not hold"
+        # Losing the least accuracy is not helping, so scratch must also gain.
+        holds = ranked[0] == "scratch" and gains["scratch"] > 0.0
+        helped = [arm for arm in ranked if gains[arm] > 0.0]
         listed = ", ".join(f"{arm} {gains[arm]:+.4f}" for arm in ranked)
         lines.append(
-            f"- Augmentation helps scratch most: {verdict}. Change of mean test accuracy "
-            f"with augmentation, largest first: {listed}."
+            f"- Augmentation helps scratch most: {'holds' if holds else 'does not hold'}. "
+            f"Arms that augmentation helped: {', '.join(helped) or 'none'}. Change of mean "
+            f"test accuracy with augmentation, largest first: {listed}."
         )
     return lines
 
