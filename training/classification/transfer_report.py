@@ -197,6 +197,7 @@ def _usage_section() -> list[str]:
         "```",
         "python -m training.classification.train --dataset imagefolder --data-root photos \\",
         "    --model efficientnet_lite0 --strategy staged --head-epochs 3 --layer-lr-decay 0.7 \\",
+        "    --batchnorm-eval \\",
         "    --lr 1e-3 --lr-scheduler cosine --warmup-epochs 1 --epochs 20 \\",
         "    --crop-scale 0.6 --hflip 0.5 --color-jitter 0.2 --output-dir runs/photos",
         "python -m training.classification.export --checkpoint runs/photos/best.pt \\",
