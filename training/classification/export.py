@@ -152,7 +152,8 @@ def validation_images(split: Split, dataset: str) -> ReferenceImages:
 
 
 def default_name(trained: TrainedModel) -> str:
-    return f"{trained.args['dataset']}-{trained.model_name}".lower()
+    # A `timm:<name>` model gets `<dataset>-timm-<name>`, because ':' is not valid in a model name.
+    return f"{trained.args['dataset']}-{trained.model_name}".lower().replace(":", "-")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

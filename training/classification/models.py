@@ -15,11 +15,18 @@ from training.classification.errors import (
     InvalidArgumentsError,
     TrainingError,
 )
+from training.classification.timm_models import (
+    TIMM_PREFIX,
+    build_timm_model,
+    is_timm_model,
+    timm_architecture,
+    timm_name,
+)
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAMES = ("mlp", "cnn", "efficientnet_lite0", "resnet18", "vgg11")
-TORCHVISION_MODELS = ("resnet18", "vgg11")
+TORCHVISION_MODELS = ("resnet18", "resnet50", "vgg11", "vgg16")
+MODEL_NAMES = ("mlp", "cnn", "efficientnet_lite0", *TORCHVISION_MODELS)
 # Two 2x2 max-pools halve the input twice; below 4 pixels nothing is left to pool.
 CNN_MIN_IMAGE_SIZE = 4
 
@@ -95,20 +102,38 @@ def _load_torchvision_weights(name: str, weights: Path) -> nn.Module:
     return model
 
 
+def model_name_argument(name: str) -> str:
+    """Check a --model value: one of MODEL_NAMES or `timm:<name>` with a known timm model."""
+    if name in MODEL_NAMES:
+        return name
+    if is_timm_model(name):
+        timm_name(name)
+        return name
+    raise InvalidArgumentsError(
+        f"unknown model {name!r}. Choose one of {', '.join(MODEL_NAMES)} or {TIMM_PREFIX}<name>"
+    )
+
+
+def takes_weights_file(name: str) -> bool:
+    """Return whether model `name` loads its pretrained weights from --weights or a download."""
+    return name in TORCHVISION_MODELS or is_timm_model(name)
+
+
 def check_weights_source(name: str, weights: Path | None, download_weights: bool) -> None:
-    """Raise DataNotFoundError when resnet18 or vgg11 has no weights file and no download."""
-    if name not in TORCHVISION_MODELS or download_weights:
+    """Raise DataNotFoundError when a model that needs a weights file has none and no download."""
+    if not takes_weights_file(name) or download_weights:
         return
+    kind = "timm" if is_timm_model(name) else "torchvision"
     if weights is None:
+        download = "timm's weights" if kind == "timm" else "torchvision's IMAGENET1K_V1 weights"
         raise DataNotFoundError(
-            f"{name} needs ImageNet weights: pass --weights PATH with a torchvision "
-            f"{name} state dict file, or --download-weights to download "
-            f"torchvision's IMAGENET1K_V1 weights"
+            f"{name} needs ImageNet weights: pass --weights PATH with a {kind} "
+            f"{name} state dict file, or --download-weights to download {download}"
         )
     if not weights.is_file():
         raise DataNotFoundError(
-            f"weights file {weights} not found; pass --weights with an existing "
-            f"torchvision {name} state dict, or --download-weights"
+            f"weights file {weights} not found. Pass --weights with an existing "
+            f"{kind} {name} state dict, or --download-weights"
         )
 
 
@@ -153,13 +178,13 @@ def build_model(
     download_weights: bool = False,
 ) -> nn.Module:
     """Create model `name` for `num_classes` classes and inputs of in_channels x image_size^2."""
-    if name not in TORCHVISION_MODELS and (weights is not None or download_weights):
+    if not takes_weights_file(name) and (weights is not None or download_weights):
         start = (
             "the packaged ImageNet weights" if name == "efficientnet_lite0" else "random weights"
         )
         raise InvalidArgumentsError(
-            f"--weights and --download-weights apply to resnet18 and vgg11 only; "
-            f"{name} starts from {start}"
+            f"--weights and --download-weights apply to {', '.join(TORCHVISION_MODELS)} and "
+            f"{TIMM_PREFIX}<name> only; {name} starts from {start}"
         )
     if name == "mlp":
         return MLP(in_channels * image_size * image_size, num_classes, dropout=dropout)
@@ -173,6 +198,15 @@ def build_model(
         return efficientnet_lite0(num_classes, dropout=dropout)
     if name in TORCHVISION_MODELS:
         return _torchvision_model(name, num_classes, weights, download_weights)
+    if is_timm_model(name):
+        check_weights_source(name, weights, download_weights)
+        return build_timm_model(
+            name,
+            num_classes=num_classes,
+            dropout=dropout,
+            weights=weights,
+            download_weights=download_weights,
+        )
     raise TrainingError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
@@ -200,4 +234,6 @@ def build_architecture(
         from torchvision import models
 
         return models.get_model(name, weights=None, num_classes=num_classes)
+    if is_timm_model(name):
+        return timm_architecture(name, num_classes=num_classes, dropout=dropout)
     raise TrainingError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import torch
 from torch.optim import SGD, Adam, AdamW, Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR, StepLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LambdaLR,
+    LRScheduler,
+    OneCycleLR,
+    StepLR,
+)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULERS = ("none", "step", "cosine", "onecycle")
@@ -16,7 +24,7 @@ MONITORS = ("val_loss", "val_acc")
 
 def build_optimizer(
     name: str,
-    parameters: Iterable[torch.nn.Parameter],
+    parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
     *,
     lr: float,
     weight_decay: float,
@@ -31,6 +39,34 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def warmup_lr_factor(
+    step: int,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    decay: str,
+    step_size_steps: int | None = None,
+    gamma: float | None = None,
+) -> float:
+    """Return the lr multiplier before optimizer step `step` (from 0) of a warmup schedule.
+
+    The multiplier rises linearly over `warmup_steps` to 1 at the end of the
+    warmup, then follows a cosine from 1 down to 0 at `total_steps`
+    ("cosine"), or is multiplied by `gamma` every `step_size_steps` ("step").
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    after = step - warmup_steps
+    if decay == "cosine":
+        progress = min(1.0, after / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if decay == "step":
+        if step_size_steps is None or gamma is None:
+            raise ValueError("the step schedule needs a step size and a gamma")
+        return float(gamma ** (after // step_size_steps))
+    raise ValueError(f"warmup applies to the cosine and step schedules, not to {decay!r}")
+
+
 def build_lr_scheduler(
     name: str,
     optimizer: Optimizer,
@@ -39,14 +75,27 @@ def build_lr_scheduler(
     steps_per_epoch: int,
     step_size: int | None,
     gamma: float | None,
+    warmup_epochs: int = 0,
 ) -> tuple[LRScheduler | None, bool]:
     """Return the scheduler and whether it steps after every batch (else after every epoch).
 
-    onecycle peaks at the optimizer's lr and spans all `epochs`, so a resumed
-    run has to keep the epoch count it started with.
+    onecycle peaks at each parameter group's lr and spans all `epochs`, so a
+    resumed run has to keep the epoch count it started with. With
+    `warmup_epochs`, cosine and step become per-batch schedules that start
+    with a linear warmup (`warmup_lr_factor`).
     """
     if name == "none":
         return None, False
+    if warmup_epochs > 0:
+        factor = partial(
+            warmup_lr_factor,
+            total_steps=epochs * steps_per_epoch,
+            warmup_steps=warmup_epochs * steps_per_epoch,
+            decay=name,
+            step_size_steps=step_size * steps_per_epoch if step_size is not None else None,
+            gamma=gamma,
+        )
+        return LambdaLR(optimizer, factor), True
     if name == "step":
         if step_size is None or gamma is None:
             raise ValueError("the step schedule needs a step size and a gamma")
@@ -54,7 +103,7 @@ def build_lr_scheduler(
     if name == "cosine":
         return CosineAnnealingLR(optimizer, T_max=epochs), False
     if name == "onecycle":
-        max_lr = optimizer.param_groups[0]["lr"]
+        max_lr = [group["lr"] for group in optimizer.param_groups]
         return OneCycleLR(optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch), True
     raise ValueError(f"unknown lr scheduler {name!r}; choose one of {', '.join(LR_SCHEDULERS)}")
 

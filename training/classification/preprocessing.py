@@ -10,6 +10,7 @@ from typing import cast
 
 from services.common.metadata import ColorMode, Interpolation, PreprocessSpec, ResizePolicy
 from training.classification.errors import InvalidArgumentsError
+from training.classification.timm_models import is_timm_model, timm_normalization
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -17,7 +18,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EFFICIENTNET_LITE_MEAN = (0.5, 0.5, 0.5)
 EFFICIENTNET_LITE_STD = (0.5, 0.5, 0.5)
 
-PRETRAINED_MODELS = ("efficientnet_lite0", "resnet18", "vgg11")
+# Besides these, every `timm:<name>` model is pretrained.
+PRETRAINED_MODELS = ("efficientnet_lite0", "resnet18", "resnet50", "vgg11", "vgg16")
 PRETRAINED_IMAGE_SIZE = 224
 # timm's default crop_pct for these models: resize the shorter side to 256, crop 224.
 PRETRAINED_CROP_FRACTION = 0.875
@@ -45,8 +47,12 @@ def _luma(values: tuple[float, ...]) -> float:
     )
 
 
+def is_pretrained(model: str) -> bool:
+    return model in PRETRAINED_MODELS or is_timm_model(model)
+
+
 def default_image_size(model: str, dataset: str) -> int:
-    if model in PRETRAINED_MODELS:
+    if is_pretrained(model):
         return PRETRAINED_IMAGE_SIZE
     return _NATIVE_IMAGE_SIZE[dataset]
 
@@ -62,7 +68,7 @@ def build_preprocess_spec(
     interpolation: str = "bilinear",
 ) -> PreprocessSpec:
     """Return the preprocessing for `model` trained on `dataset`; None picks the default."""
-    pretrained = model in PRETRAINED_MODELS
+    pretrained = is_pretrained(model)
     if color_mode is None:
         color_mode = "RGB" if pretrained else _NATIVE_COLOR_MODE[dataset]
     if pretrained and color_mode != "RGB":
@@ -87,6 +93,8 @@ def build_preprocess_spec(
     std: tuple[float, ...]
     if model == "efficientnet_lite0":
         mean, std = EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+    elif is_timm_model(model):
+        mean, std = timm_normalization(model)
     elif pretrained:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:

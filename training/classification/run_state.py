@@ -12,10 +12,14 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from services.common.metadata import PreprocessSpec
 from training.classification.data import DataSplits
+from training.classification.engine import StepOptions
+from training.classification.errors import TrainingError
+from training.classification.finetune import StrategySchedule, optimizer_parameter_groups
 from training.classification.models import build_architecture, build_model
 from training.classification.optim import (
     EarlyStopping,
@@ -23,13 +27,19 @@ from training.classification.optim import (
     build_optimizer,
     steps_per_epoch,
 )
+from training.classification.transfer_args import strategy_from_args
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RunState:
-    """Model, loss, optimizer, lr schedule, early stopping and the shuffling generator."""
+    """Model, loss, optimizer, lr schedule, early stopping and the shuffling generator.
+
+    `schedule` sets the trainable layer groups of each epoch. With EMA on,
+    `step_options.ema` is the averaged copy that validation, best.pt and
+    export use.
+    """
 
     model: nn.Module
     criterion: nn.Module
@@ -38,6 +48,14 @@ class RunState:
     lr_per_batch: bool
     stopping: EarlyStopping
     generator: torch.Generator
+    schedule: StrategySchedule
+    step_options: StepOptions
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """Return the model that validation scores and checkpoints publish."""
+        ema = self.step_options.ema
+        return ema.module if ema is not None else self.model
 
 
 def json_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,12 +90,32 @@ def build_run_state(
             weights=args.weights,
             download_weights=args.download_weights,
         )
+    schedule = StrategySchedule(model, strategy_from_args(args), args.model)
+    parameter_groups = optimizer_parameter_groups(
+        schedule.groups,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        layer_lr_decay=args.layer_lr_decay,
+        decay_norm_and_bias=args.decay_norm_and_bias,
+    )
     optimizer = build_optimizer(
         args.optimizer,
-        model.parameters(),
+        parameter_groups,
         lr=args.lr,
         weight_decay=args.weight_decay,
         momentum=args.momentum,
+    )
+    ema_decay = args.ema_decay
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        if ema_decay is not None
+        else None
+    )
+    step_options = StepOptions(
+        max_grad_norm=args.max_grad_norm,
+        amp=args.amp,
+        ema=ema,
+        batchnorm_eval=args.batchnorm_eval,
     )
     lr_scheduler, per_batch = build_lr_scheduler(
         args.lr_scheduler,
@@ -88,6 +126,7 @@ def build_run_state(
         ),
         step_size=args.lr_step_size,
         gamma=args.lr_gamma,
+        warmup_epochs=args.warmup_epochs,
     )
     if train_loader.generator is None:
         raise RuntimeError("the training loader has no generator")
@@ -99,6 +138,8 @@ def build_run_state(
         lr_per_batch=per_batch,
         stopping=EarlyStopping(args.monitor, args.patience, args.min_delta),
         generator=train_loader.generator,
+        schedule=schedule,
+        step_options=step_options,
     )
 
 
@@ -113,8 +154,15 @@ def checkpoint_payload(
 ) -> dict[str, Any]:
     """Return everything that resuming or exporting needs after `epoch`."""
     scheduler = state.lr_scheduler
+    ema = state.step_options.ema
+    extra: dict[str, Any] = {}
+    if ema is not None:
+        # "model" contains the averaged weights that export and reports load.
+        # Resuming also needs the weights the optimizer works on.
+        extra = {"training_model": state.model.state_dict(), "ema_updates": int(ema.n_averaged)}
     return {
-        "model": state.model.state_dict(),
+        **extra,
+        "model": state.evaluated_model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": epoch,
@@ -132,8 +180,22 @@ def checkpoint_payload(
 
 def restore_run_state(state: RunState, checkpoint: dict[str, Any]) -> int:
     """Load a checkpoint into `state` and return the epoch to continue with."""
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    ema = state.step_options.ema
+    if ema is not None:
+        state.model.load_state_dict(checkpoint["training_model"])
+        ema.module.load_state_dict(checkpoint["model"])
+        ema.n_averaged.fill_(checkpoint["ema_updates"])
+    else:
+        state.model.load_state_dict(checkpoint["model"])
+    try:
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as error:
+        # Checkpoints written before biases and norm parameters got their own
+        # parameter groups have one group per model.
+        raise TrainingError(
+            f"the optimizer state of the checkpoint does not match this run's parameter "
+            f"groups ({error}); it was written by an older version, so start a new run"
+        ) from error
     if state.lr_scheduler is not None:
         state.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
     state.stopping.load_state_dict(checkpoint["early_stopping"])

@@ -24,6 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from services.common.metadata import PreprocessSpec
+from training.classification.augment import (
+    AugmentedDataset,
+    MixingCollate,
+    build_sample_transform,
+)
 from training.classification.checkpoint import load_checkpoint, save_checkpoint
 from training.classification.data import (
     SPLIT_NAMES,
@@ -47,6 +52,7 @@ from training.classification.run_state import (
     restore_run_state,
 )
 from training.classification.train_args import get_args_parser, merge_resumed_args, resolve_args
+from training.classification.transfer_args import augment_options
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ class TrainingResult:
     test_accuracy: float
     test_macro_f1: float
     seconds: float
+    # Parameters that trained in the last epoch. Strategies freeze the others.
+    trainable_parameters: int
 
 
 def _make_loader(
@@ -71,9 +79,13 @@ def _make_loader(
     *,
     train: bool,
     generator: torch.Generator | None = None,
+    collate_fn: MixingCollate | None = None,
 ) -> Loader:
     # Batches of in-memory tensors are slices, so worker processes would only add start-up time.
-    workers = 0 if isinstance(dataset, InMemoryDataset) else args.workers
+    in_memory = isinstance(dataset, InMemoryDataset) or (
+        isinstance(dataset, AugmentedDataset) and dataset.cached is not None
+    )
+    workers = 0 if in_memory else args.workers
     # BatchNorm raises on a training batch of one sample, so a last batch of
     # exactly one sample is dropped.
     drop_last = train and len(dataset) % args.batch_size == 1  # type: ignore[arg-type]
@@ -84,6 +96,26 @@ def _make_loader(
         num_workers=workers,
         generator=generator,
         drop_last=drop_last,
+        collate_fn=collate_fn,
+    )
+
+
+def _train_dataset(
+    splits: DataSplits, spec: PreprocessSpec, args: argparse.Namespace, cache_bytes: int
+) -> Dataset[tuple[torch.Tensor, int]]:
+    options = augment_options(args)
+    if not options.per_sample:
+        return build_dataset(
+            splits.train, spec, cache_max_bytes=cache_bytes, progress=args.progress
+        )
+    logger.info("augmenting training images: %s", options)
+    return AugmentedDataset(
+        splits.train,
+        spec,
+        build_sample_transform(options, spec),
+        # The uint8 images take a quarter of the float32 tensors' memory.
+        cache_max_bytes=cache_bytes,
+        progress=args.progress,
     )
 
 
@@ -98,10 +130,16 @@ def load_data(
             getattr(splits, name), spec, cache_max_bytes=cache_bytes, progress=args.progress
         )
         for name in SPLIT_NAMES
+        if name != "train"
     }
+    datasets["train"] = _train_dataset(splits, spec, args, cache_bytes)
+    options = augment_options(args)
+    collate = MixingCollate(options, len(splits.classes)) if options.mixes_batches else None
     # A dedicated generator makes the shuffling order part of the checkpoint.
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = _make_loader(datasets["train"], args, train=True, generator=generator)
+    train_loader = _make_loader(
+        datasets["train"], args, train=True, generator=generator, collate_fn=collate
+    )
     val_loader = _make_loader(datasets["val"], args, train=False)
     test_loader = _make_loader(datasets["test"], args, train=False)
     return splits, train_loader, val_loader, test_loader
@@ -178,9 +216,13 @@ def main(args: argparse.Namespace) -> TrainingResult:
             logger.warning("the checkpoint already finished %d epochs", args.epochs)
 
     last_epoch = start_epoch - 1
+    # A resumed run that already finished its epochs reports the last epoch's count.
+    trainable = state.schedule.start_epoch(min(start_epoch, args.epochs))
     for epoch in range(start_epoch, args.epochs + 1):
         epoch_started = time.perf_counter()
-        lr = state.optimizer.param_groups[0]["lr"]
+        trainable = state.schedule.start_epoch(epoch)
+        # The head's group is last and gets the undiscounted lr.
+        lr = state.optimizer.param_groups[-1]["lr"]
         train_stats = train_one_epoch(
             state.model,
             state.criterion,
@@ -189,10 +231,11 @@ def main(args: argparse.Namespace) -> TrainingResult:
             epoch=epoch,
             batch_scheduler=state.lr_scheduler if state.lr_per_batch else None,
             progress=args.progress,
+            options=state.step_options,
         )
         if state.lr_scheduler is not None and not state.lr_per_batch:
             state.lr_scheduler.step()
-        val = evaluate(state.model, state.criterion, val_loader)
+        val = evaluate(state.evaluated_model, state.criterion, val_loader)
         metrics = {
             "epoch": epoch,
             "train_loss": train_stats.loss,
@@ -228,7 +271,7 @@ def main(args: argparse.Namespace) -> TrainingResult:
             logger.info("early stop: %s did not improve for %d epochs", args.monitor, args.patience)
             break
 
-    return _finish(args, state, test_loader, splits, last_epoch, started)
+    return _finish(args, state, test_loader, splits, last_epoch, started, trainable)
 
 
 def _finish(
@@ -238,6 +281,7 @@ def _finish(
     splits: DataSplits,
     last_epoch: int,
     started: float,
+    trainable_parameters: int,
 ) -> TrainingResult:
     """Evaluate best.pt (or last.pt when no epoch of this folder improved) on the test split."""
     output_dir: Path = args.output_dir
@@ -270,6 +314,7 @@ def _finish(
         test_accuracy=test.accuracy,
         test_macro_f1=report["macro_avg"]["f1"],
         seconds=seconds,
+        trainable_parameters=trainable_parameters,
     )
 
 

@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from training.classification.errors import InvalidArgumentsError
-from training.classification.models import MODEL_NAMES, TORCHVISION_MODELS
+from training.classification.models import (
+    MODEL_NAMES,
+    TORCHVISION_MODELS,
+    model_name_argument,
+    takes_weights_file,
+)
 from training.classification.optim import LR_SCHEDULERS, MONITORS, OPTIMIZERS
 from training.classification.sources import DATASETS
+from training.classification.timm_models import TIMM_PREFIX
+from training.classification.transfer_args import add_transfer_arguments, check_transfer_args
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,13 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "(default" in help_text or action.default is None or action.nargs == 0:
             return help_text
         return super()._get_help_string(action)
+
+
+def _model_argument(value: str) -> str:
+    try:
+        return model_name_argument(value)
+    except InvalidArgumentsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -108,15 +122,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     model = parser.add_argument_group("Model")
-    model.add_argument("--model", choices=MODEL_NAMES, default="cnn")
+    weights_models = f"{'/'.join(TORCHVISION_MODELS)}/{TIMM_PREFIX}<name>"
+    model.add_argument(
+        "--model",
+        type=_model_argument,
+        default="cnn",
+        help=f"one of {', '.join(MODEL_NAMES)}, or {TIMM_PREFIX}<name> for a timm model "
+        f"such as {TIMM_PREFIX}resnet18.a1_in1k",
+    )
     weights = model.add_mutually_exclusive_group()
     weights.add_argument(
-        "--weights", type=Path, default=None, help="resnet18/vgg11: torchvision state dict file"
+        "--weights",
+        type=Path,
+        default=None,
+        help=f"{weights_models}: ImageNet state dict file (torchvision or timm)",
     )
     weights.add_argument(
         "--download-weights",
         action="store_true",
-        help="resnet18/vgg11: download torchvision's ImageNet weights",
+        help=f"{weights_models}: download the ImageNet weights (torchvision's or timm's)",
     )
     model.add_argument(
         "--dropout",
@@ -203,6 +227,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="smallest change of --monitor that counts as an improvement",
     )
 
+    add_transfer_arguments(parser)
+
     run = parser.add_argument_group("Run")
     run.add_argument(
         "--output-dir",
@@ -285,8 +311,11 @@ def _check_training_args(args: argparse.Namespace) -> None:
         _reject(f"--min-delta must not be negative, got {args.min_delta}")
 
     uses_weights = args.weights is not None or args.download_weights
-    if uses_weights and args.model not in TORCHVISION_MODELS:
-        _reject(f"--weights and --download-weights apply to resnet18 and vgg11, not {args.model}")
+    if uses_weights and not takes_weights_file(args.model):
+        _reject(
+            f"--weights and --download-weights apply to {', '.join(TORCHVISION_MODELS)} and "
+            f"{TIMM_PREFIX}<name>, not {args.model}"
+        )
     if args.image_size is not None and args.image_size < 1:
         _reject(f"--image-size must be positive, got {args.image_size}")
     if args.threads is not None and args.threads < 1:
@@ -297,6 +326,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     """Validate `args` and fill the defaults that depend on other options. Mutates `args`."""
     _check_data_args(args)
     _check_training_args(args)
+    check_transfer_args(args)
     if args.dataset in TORCHVISION_DATASETS and args.data_root is None:
         args.data_root = Path("data")
     if args.dataset not in TORCHVISION_DATASETS and args.test_fraction is None:
@@ -344,10 +374,12 @@ def merge_resumed_args(
             )
         setattr(args, key, Path(stored) if isinstance(defaults[key], Path) else stored)
         restored.append(key)
-    if args.lr_scheduler == "onecycle" and args.epochs != checkpoint_args["epochs"]:
+    spans_run = args.lr_scheduler == "onecycle" or args.warmup_epochs > 0
+    if spans_run and args.epochs != checkpoint_args["epochs"]:
+        schedule = "onecycle" if args.lr_scheduler == "onecycle" else "warmup"
         _reject(
             f"--epochs {args.epochs} differs from the checkpoint's {checkpoint_args['epochs']}; "
-            f"the onecycle schedule spans the epoch count it started with, so leave --epochs "
+            f"the {schedule} schedule spans the epoch count it started with, so leave --epochs "
             f"out or pass --epochs {checkpoint_args['epochs']}"
         )
     if restored:
