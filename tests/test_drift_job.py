@@ -365,6 +365,8 @@ def test_reports_parse_and_are_self_contained(
     for external in ("<script", "<link", " src=", "url("):
         assert external not in page
     assert not list(tmp_path.glob(".*.tmp")), "a temporary report file was left behind"
+    for path in run.report_paths:
+        assert path.stat().st_mode & 0o777 == 0o644, path
 
 
 @needs_prometheus

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m monitoring.drift: {error}", file=sys.stderr)
         return 2
     configure_logging("drift-monitor", settings.log_level)
+    # httpx logs every request at INFO; the job logs its own Prometheus errors.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     if not arguments.loop:
         run_once(settings)

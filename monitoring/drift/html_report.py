@@ -83,6 +83,10 @@ def _streams_section(streams: list[dict[str, Any]]) -> str:
     return f"<h2>Prediction logs</h2><table>{header}{rows}</table>"
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
 def _verdict_class(verdict: str) -> str:
     return {"drift": "drift", "no drift": "ok"}.get(verdict, "muted")
 
@@ -104,7 +108,7 @@ def _version_section(version: dict[str, Any]) -> str:
     parts = [
         f"<h2>{escape(title)}</h2>",
         f"<p>Verdict: <span class='{_verdict_class(verdict)}'>{escape(verdict)}</span>. "
-        f"{escape(version['message'])}. Records: {version['samples']}. "
+        f"{escape(_sentence(version['message']))} Records: {version['samples']}. "
         f"Reference: {escape(version['reference_path'])}.</p>",
     ]
     if not version["features"]:
