@@ -3,10 +3,10 @@
 Starts the classifier and the gateway as local uvicorn processes on free
 ports, sends each image over HTTP to the gateway, prints the predictions and
 stops both services. Exits with status 1 when a prediction is not the expected
-one, so the demo doubles as a smoke test. It also prints each service's
-/metrics URL, and after the traffic it runs the drift job once on the
-prediction log that the model services wrote to the local Redis and prints
-where the drift report is.
+one, so the demo doubles as a smoke test. Before the services stop, it saves
+what each service's /metrics shows. Then it runs the drift job once on the
+prediction log that the model services wrote to the local Redis, prints where
+the drift report is and deletes the run's Redis keys.
 
     python -m scripts.demo --repository models
 """
@@ -23,7 +23,12 @@ from pathlib import Path
 import httpx
 
 from scripts.demo_detection import DETECTOR_MODEL, show_detection
-from scripts.demo_monitoring import prediction_log_env, show_metrics_urls, write_drift_report
+from scripts.demo_monitoring import (
+    delete_demo_keys,
+    prediction_log_env,
+    save_metrics,
+    write_drift_report,
+)
 from scripts.digit_samples import DigitSample, load_digit_samples
 from scripts.local_stack import GATEWAY_OPEN_ACCESS_ENV, Server, running_server
 from scripts.sample_images import SamplePhoto, imagenet_samples
@@ -179,7 +184,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {name:<10} {server.url}")
         gateway_url = servers["gateway"].url
         print(f"  API docs   {gateway_url}/docs")
-        show_metrics_urls(servers)
         with httpx.Client(base_url=gateway_url, timeout=60.0) as client:
             results = [show_photos(client, photos)]
             results.append(show_digits(client, digits, reported_accuracy))
@@ -187,8 +191,12 @@ def main(args: argparse.Namespace) -> int:
                 results.append(
                     show_detection(client, args.repository, args.output_dir, DIGITS_MODEL)
                 )
+        save_metrics(servers, args.output_dir / "metrics")
     print("\nAll services stopped.")
-    write_drift_report(args.repository, args.output_dir / "drift")
+    try:
+        write_drift_report(args.repository, args.output_dir / "drift")
+    finally:
+        delete_demo_keys()
     return 0 if all(results) else 1
 
 
