@@ -21,6 +21,7 @@ from pathlib import Path
 from training.classification import export, pretrained, train
 from training.classification.evaluation import set_threads
 from training.classification.repository import existing_versions
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def build_digits_cnn(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Build imagenet-efficientnet-lite0 and digits-cnn into a model repository.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")
     parser.add_argument(

@@ -53,6 +53,7 @@ from training.classification.repository import (
     staged_version,
     write_samples,
 )
+from training.help_format import DefaultsHelpFormatter
 from training.reference import ReferenceImages, png_bytes, write_reference_profile
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def default_name(trained: TrainedModel) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export a checkpoint to <repository>/<name>/<version>/ after a parity check.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")

@@ -36,6 +36,7 @@ from training.classification.onnx_export import DEFAULT_OPSET, DEFAULT_PARITY_AT
 from training.classification.preprocessing import build_preprocess_spec
 from training.classification.report import softmax
 from training.classification.repository import SAMPLES_DIRNAME, SAMPLES_INDEX
+from training.help_format import DefaultsHelpFormatter
 from training.reference import ReferenceImages
 
 logger = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def build_imagenet_efficientnet(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=f"Export {MODEL_NAME} (ImageNet weights, 1,000 classes) to the repository.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")
     parser.add_argument(

@@ -19,6 +19,7 @@ from training.classification.optim import LR_SCHEDULERS, MONITORS, OPTIMIZERS
 from training.classification.sources import DATASETS
 from training.classification.timm_models import TIMM_PREFIX
 from training.classification.transfer_args import add_transfer_arguments, check_transfer_args
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ RESUMABLE_OPTIONS = frozenset(
 RESTORED_WHEN_DEFAULT = ("data_root", "epochs")
 
 
-class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Append the default only where the help text does not already explain it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
-        # A flag's default (True for --no-progress) reads as the opposite of its effect.
-        if "(default" in help_text or action.default is None or action.nargs == 0:
-            return help_text
-        return super()._get_help_string(action)
-
-
 def _model_argument(value: str) -> str:
     try:
         return model_name_argument(value)
@@ -70,7 +60,7 @@ def _model_argument(value: str) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train an image classifier on digits, MNIST, CIFAR-10 or an image folder.",
-        formatter_class=_DefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     data = parser.add_argument_group("Data set")
     data.add_argument("--dataset", choices=DATASETS, default="digits")

@@ -38,6 +38,7 @@ from training.classification.transfer_report import (
     RunRecord,
     write_page,
 )
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Compare training from scratch with fine-tuning strategies on 10 digits "
         "per class, with and without augmentation, and write a Markdown report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--output", type=Path, required=True, help="Markdown file; the PNG goes next to it"

@@ -31,6 +31,7 @@ from training.detection.onnx_predict import OnnxDetector
 from training.detection.portrait import write_portrait
 from training.detection.scenes import SceneOptions
 from training.detection.yolo_data import load_data_yaml
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def build_detector(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=f"Build {DEFAULT_NAME} (or with --tiny {TINY_NAME}) into a model repository.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository")
     parser.add_argument(

@@ -41,6 +41,7 @@ from training.detection.scenes import (
     yolo_label_lines,
 )
 from training.detection.yolo_data import SPLITS, fingerprint, load_data_yaml
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def build_dataset(
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Build the digits-scenes detection data set in the ultralytics layout.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--output", type=Path, required=True, help="data set folder to create")
     parser.add_argument("--seed", type=int, default=0, help="seed of the digit pools and scenes")

@@ -43,6 +43,7 @@ from training.detection.offline import offline_ultralytics
 from training.detection.onnx_predict import VAL_NMS, NmsSettings, OnnxDetector, detection_spec
 from training.detection.plots import PR_CURVE_FILE, plot_pr_curves
 from training.detection.yolo_data import DataSet, load_data_yaml, read_labels
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def write_report(directory: Path, evaluation: Evaluation, tolerance: float) -> d
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate model.onnx of a model version and compare it with ultralytics val.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--model-dir", type=Path, required=True, help="model version folder")
     parser.add_argument("--data", type=Path, required=True, help="ultralytics data.yaml")

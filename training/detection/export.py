@@ -48,6 +48,7 @@ from training.detection.parity import DEFAULT_MIN_IOU, check_parity
 from training.detection.samples import write_samples
 from training.detection.train import SUMMARY_FILE
 from training.detection.yolo_data import DataSet, fingerprint, load_data_yaml
+from training.help_format import DefaultsHelpFormatter
 from training.reference import ReferenceImages, write_reference_profile
 
 logger = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ def validation_images(data: DataSet) -> ReferenceImages:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export YOLO weights to <repository>/<name>/<version>/ after parity checks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--weights", type=Path, required=True, help="ultralytics .pt file")
     parser.add_argument(

@@ -24,6 +24,7 @@ from typing import Any
 from training.classification.errors import DataNotFoundError, InvalidArgumentsError, TrainingError
 from training.detection.offline import install_local_fonts, offline_ultralytics
 from training.detection.yolo_data import fingerprint, load_data_yaml
+from training.help_format import DefaultsHelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class TrainResult:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a YOLO detector with ultralytics (offline, CPU by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data and model")
     data.add_argument("--data", type=Path, required=True, help="ultralytics data.yaml")
