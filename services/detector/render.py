@@ -101,9 +101,11 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Imag
         tag_height = bottom - top + 2 * padding
         # The tag sits above the box, or inside it when the box touches the top edge.
         tag_top = detection.y1 - tag_height if detection.y1 >= tag_height else detection.y1
-        tag = (detection.x1, tag_top, detection.x1 + tag_width, tag_top + tag_height)
+        # A box near the right edge gets its tag shifted left so that the text stays visible.
+        tag_left = max(0.0, min(detection.x1, canvas.width - tag_width))
+        tag = (tag_left, tag_top, tag_left + tag_width, tag_top + tag_height)
         draw.rectangle(tag, fill=color)
-        origin = (detection.x1 + padding - left, tag_top + padding - top)
+        origin = (tag_left + padding - left, tag_top + padding - top)
         draw.text(origin, text, fill=(255, 255, 255), font=font)
     return canvas
 
