@@ -20,7 +20,12 @@ from typing import Any
 import httpx
 from PIL import Image, ImageOps
 
-from scripts.detection_samples import SceneSample, count_found, load_scene_samples
+from scripts.detection_samples import (
+    SceneSample,
+    count_found,
+    count_wrong_boxes,
+    load_scene_samples,
+)
 
 DETECTOR_MODEL = "digits-yolov8n"
 SCENES_SHOWN = 3
@@ -85,13 +90,17 @@ def _detect_and_render(client: httpx.Client, sample: SceneSample, output_dir: Pa
     """Print the boxes found in one image, write the rendered JPEG, return digits found."""
     body = _post_image(client, "/v1/detect", sample, model=DETECTOR_MODEL).json()
     found = count_found(sample.truth, body["detections"])
+    wrong = count_wrong_boxes(sample.truth, body["detections"])
     rendered = _post_image(client, "/v1/detect/render", sample, model=DETECTOR_MODEL, format="jpeg")
     output_path = output_dir / f"{sample.path.stem}-boxes.jpg"
     output_path.write_bytes(rendered.content)
 
     size = f"{body['image']['width']}x{body['image']['height']}"
     orientation = f", EXIF orientation {sample.exif_orientation}" if sample.exif_orientation else ""
-    print(f"  {sample.path.name} ({size}{orientation}): {found}/{len(sample.truth)} digits found")
+    print(
+        f"  {sample.path.name} ({size}{orientation}): {found}/{len(sample.truth)} digits found, "
+        f"{wrong} wrong box(es)"
+    )
     print(f"    boxes: {'; '.join(_format_box(d) for d in body['detections']) or 'none'}")
     print(f"    drawn: {output_path}")
     return found
@@ -125,12 +134,21 @@ def show_detection(
     print(f"\nHeld-out scenes through the gateway, model {DETECTOR_MODEL}:")
     for sample in scenes[:SCENES_SHOWN]:
         _detect_and_render(client, sample, output_dir)
-    scene_found = sum(count_found(sample.truth, _detections(client, sample)) for sample in scenes)
+    scene_found = 0
+    scene_boxes = 0
+    scene_wrong = 0
+    for sample in scenes:
+        detections = _detections(client, sample)
+        scene_found += count_found(sample.truth, detections)
+        scene_boxes += len(detections)
+        scene_wrong += count_wrong_boxes(sample.truth, detections)
     scene_truth = sum(len(sample.truth) for sample in scenes)
     recall = scene_found / scene_truth if scene_truth else 0.0
+    precision = (scene_boxes - scene_wrong) / scene_boxes if scene_boxes else 0.0
     print(
         f"  all {len(scenes)} saved held-out scenes: {scene_found}/{scene_truth} digits found "
-        f"(recall {recall:.2f}, the demo requires {MIN_SCENE_RECALL})"
+        f"(recall {recall:.2f}, the demo requires {MIN_SCENE_RECALL}); "
+        f"{scene_wrong} of {scene_boxes} boxes wrong (precision {precision:.2f})"
     )
 
     print("\nPortrait photo stored sideways with EXIF orientation 6 (boxes in the upright view):")

@@ -66,3 +66,32 @@ def count_found(truth: list[tuple[str, list[float]]], detections: list[dict[str,
                 found += 1
                 break
     return found
+
+
+def count_wrong_boxes(
+    truth: list[tuple[str, list[float]]], detections: list[dict[str, Any]]
+) -> int:
+    """Count detections that match no true box, each true box matching at most one detection.
+
+    A detection matches a true box of the same label with IoU >= MATCH_IOU. A
+    second box on an already matched digit, or a box with the wrong label,
+    counts as wrong.
+    """
+    unmatched = list(truth)
+    wrong = 0
+    for detection in detections:
+        box = detection["box"]
+        predicted = [box["x1"], box["y1"], box["x2"], box["y2"]]
+        match = next(
+            (
+                item
+                for item in unmatched
+                if item[0] == detection["label"] and box_iou(item[1], predicted) >= MATCH_IOU
+            ),
+            None,
+        )
+        if match is None:
+            wrong += 1
+        else:
+            unmatched.remove(match)
+    return wrong
