@@ -88,7 +88,7 @@ def load_faces_source() -> ArraySource:
     """
     from skimage.data import lfw_subset
 
-    # scikit-image 0.26 returns float64 values in [0, 1] (its docstring says uint8).
+    # scikit-image 0.26 returns float64 values in [0, 1], although its docstring states uint8.
     images = np.round(lfw_subset() * 255.0).astype(np.uint8)
     half = len(images) // 2
     targets = np.repeat(np.arange(len(FACES_CLASSES)), [half, len(images) - half])

@@ -1,8 +1,8 @@
 """Data sets of the transfer-learning experiment: splits, batch size, augmentation and page text.
 
 Each data set keeps about 10 training images per class, so the experiment
-asks the same question of images unlike ImageNet (digits) and images close to
-photos (faces).
+compares the same arms on images unlike ImageNet (digits) and on images close
+to photos (faces).
 """
 
 from __future__ import annotations

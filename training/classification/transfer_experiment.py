@@ -78,7 +78,7 @@ class Arm:
 ARMS = (
     Arm(
         "scratch",
-        # train_description() fills in the data set's scratch image size.
+        # arm_description() fills in the data set's scratch image size.
         "small CNN from random weights, {scratch_image_size} px grayscale, lr 3e-3",
         ("--model", "cnn", "--lr", "3e-3"),
         pretrained=False,
