@@ -45,16 +45,6 @@ from training.help_format import DefaultsHelpFormatter
 logger = logging.getLogger(__name__)
 
 SEEDS = (0, 1, 2)
-# Shared by every arm: AdamW, one warmup epoch, then a per-batch cosine decay.
-# The batch size comes from the data set.
-TRAINING_OPTIONS = (
-    "--optimizer", "adamw",
-    "--weight-decay", "1e-4",
-    "--label-smoothing", "0.1",
-    "--lr-scheduler", "cosine",
-    "--warmup-epochs", "1",
-    "--monitor", "val_loss",
-)  # fmt: skip
 PRETRAINED_IMAGE_SIZE = 64
 QUICK_PRETRAINED_IMAGE_SIZE = 32
 EPOCHS = 20
@@ -125,8 +115,20 @@ def arm_description(arm: Arm, dataset: TransferDataset) -> str:
 
 
 def shared_options(dataset: TransferDataset) -> tuple[str, ...]:
-    """Return the training options of every arm on `dataset`."""
-    return (*TRAINING_OPTIONS, "--batch-size", str(dataset.batch_size))
+    """Return the training options of every arm on `dataset`.
+
+    AdamW, one warmup epoch, then a per-batch cosine decay. Only the batch
+    size depends on the data set.
+    """
+    return (
+        "--optimizer", "adamw",
+        "--weight-decay", "1e-4",
+        "--label-smoothing", "0.1",
+        "--batch-size", str(dataset.batch_size),
+        "--lr-scheduler", "cosine",
+        "--warmup-epochs", "1",
+        "--monitor", "val_loss",
+    )  # fmt: skip
 
 
 def arm_argv(
