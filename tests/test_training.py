@@ -28,6 +28,7 @@ from training.classification.models import build_model
 from training.classification.optim import EarlyStopping
 from training.classification.preprocessing import build_preprocess_spec
 from training.classification.report import REPORT_FILES, compute_report, write_report
+from training.classification.sources import load_faces_source
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A stratified subset small enough that one epoch of the MLP takes well under a second.
@@ -165,6 +166,7 @@ def test_existing_run_folder_rejected(tmp_path: Path) -> None:
         (("--lr-step-size", "3"), "apply to --lr-scheduler step only"),
         (("--lr-scheduler", "step"), "requires --lr-step-size"),
         (("--data-root", "somewhere"), "--data-root does not apply to digits"),
+        (("--dataset", "faces", "--data-root", "x"), "--data-root does not apply to faces"),
         (("--download",), "--download applies to mnist and cifar10 only"),
         (("--val-fraction", "0.6", "--test-fraction", "0.5"), "must leave samples for training"),
         (("--weights", "resnet.pth"), "timm:<name>, not mlp"),
@@ -257,6 +259,59 @@ def test_digits_split_deterministic_and_stratified() -> None:
     test_counts = np.bincount(first.test.targets, minlength=10)
     assert test_counts.min() >= 26
     assert test_counts.max() <= 28
+
+
+def test_faces_source_counts_and_labels() -> None:
+    source = load_faces_source()
+
+    assert len(source) == 200
+    assert source.images.shape == (200, 25, 25)
+    assert source.images.dtype == np.uint8
+    assert source.classes == ["face", "non-face"]
+    assert np.array_equal(source.targets[:100], np.zeros(100))
+    assert np.array_equal(source.targets[100:], np.ones(100))
+    # Scaled from lfw_subset()'s [0, 1] floats, so the full uint8 range is used.
+    assert source.images.max() == 255
+    assert source.load_image(0).mode == "RGB"
+    assert source.load_image(0).size == (25, 25)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_faces_experiment_split_sizes(seed: int) -> None:
+    options = DataOptions(
+        dataset="faces", data_root=Path("."), seed=seed, val_fraction=0.0999, test_fraction=0.8
+    )
+    splits = split_data(options)
+
+    assert splits.classes == ["face", "non-face"]
+    assert np.bincount(splits.train.targets).tolist() == [10, 10]
+    assert np.bincount(splits.val.targets).tolist() == [10, 10]
+    assert np.bincount(splits.test.targets).tolist() == [80, 80]
+    all_indices = np.concatenate([splits.train.indices, splits.val.indices, splits.test.indices])
+    assert len(np.unique(all_indices)) == 200
+
+
+def test_faces_trains_with_grayscale_default(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = train.get_args_parser().parse_args(
+        [
+            "--dataset", "faces",
+            "--model", "cnn",
+            "--epochs", "1",
+            "--batch-size", "16",
+            "--threads", "1",
+            "--no-progress",
+            "--output-dir", str(run_dir),
+        ]
+    )  # fmt: skip
+
+    result = train.main(args)
+
+    checkpoint = load_checkpoint(run_dir / "best.pt")
+    assert checkpoint["labels"] == ["face", "non-face"]
+    assert checkpoint["preprocess"]["height"] == 25
+    assert checkpoint["preprocess"]["color_mode"] == "L"
+    assert 0.0 <= result.test_accuracy <= 1.0
 
 
 def test_digits_test_split_function_matches_training() -> None:

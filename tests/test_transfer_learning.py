@@ -538,3 +538,25 @@ def test_quick_experiment_writes_page(tmp_path: Path) -> None:
         assert 0.0 <= accuracy <= 1.0
         assert len(result.runs[0].val_accuracy) == transfer_experiment.QUICK_EPOCHS
     assert np.isfinite([result.seconds.mean for result in results]).all()
+
+
+def test_quick_faces_experiment_writes_page(tmp_path: Path) -> None:
+    output = tmp_path / "faces.md"
+    args = transfer_experiment.get_args_parser().parse_args(
+        ["--output", str(output), "--dataset", "faces", "--quick", "--arms", "scratch"]
+    )
+
+    results = transfer_experiment.main(args)
+
+    page = output.read_text(encoding="utf-8")
+    assert page.startswith("# Transfer learning with little data: faces\n")
+    assert "--dataset faces --quick" in page
+    assert "lfw_subset()" in page
+    assert "20 training images (10 per class), 20 validation and 160 test images" in page
+    assert "24x24 grayscale" in page
+    assert "--hflip 0.5" in page
+    assert "(transfer-learning.md)" in page
+    assert [(result.arm, result.augment) for result in results] == [
+        ("scratch", False),
+        ("scratch", True),
+    ]

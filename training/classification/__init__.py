@@ -2,7 +2,7 @@
 
 Command-line tools (each has --help):
 
-- `python -m training.classification.train`: train on digits, mnist, cifar10 or
+- `python -m training.classification.train`: train on digits, faces, mnist, cifar10 or
   an image folder; writes a run folder with checkpoints, log.csv and a test report.
 - `python -m training.classification.report`: evaluate a checkpoint on its
   val or test split.

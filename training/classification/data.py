@@ -22,6 +22,7 @@ from training.classification.sources import (
     ImageFolderSource,
     ImageSource,
     load_digits_source,
+    load_faces_source,
     load_torchvision_source,
 )
 
@@ -137,14 +138,16 @@ def fingerprint_splits(dataset: str, splits: dict[str, Split]) -> str:
 def split_data(options: DataOptions) -> DataSplits:
     """Load the data set and split it deterministically for `options.seed`.
 
-    digits and imagefolder are split three ways. mnist and cifar10 keep their
+    digits, faces and imagefolder are split three ways. mnist and cifar10 keep their
     official test set and carve the validation split from the training set.
     """
     seed = options.seed
-    if options.dataset in ("digits", "imagefolder"):
+    if options.dataset in ("digits", "faces", "imagefolder"):
         source: ImageSource
         if options.dataset == "digits":
             source = load_digits_source()
+        elif options.dataset == "faces":
+            source = load_faces_source()
         else:
             source = ImageFolderSource(
                 options.data_root,

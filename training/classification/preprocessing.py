@@ -25,18 +25,26 @@ PRETRAINED_IMAGE_SIZE = 224
 PRETRAINED_CROP_FRACTION = 0.875
 
 # Per-channel RGB (mean, std) on pixels scaled to [0, 1]. digits: measured over
-# load_digits() scaled to 0-255. mnist and cifar10: the values used throughout
+# load_digits() scaled to 0-255. faces: measured over skimage.data.lfw_subset()
+# scaled to 0-255. mnist and cifar10: the values used throughout
 # torchvision's examples. imagefolder: ImageNet.
 _DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "digits": ((0.305,) * 3, (0.376,) * 3),
+    "faces": ((0.377,) * 3, (0.273,) * 3),
     "mnist": ((0.1307,) * 3, (0.3081,) * 3),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
 }
 # PIL's convert("L") weights (ITU-R 601-2 luma).
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-_NATIVE_IMAGE_SIZE = {"digits": 16, "mnist": 28, "cifar10": 32, "imagefolder": 224}
-_NATIVE_COLOR_MODE = {"digits": "L", "mnist": "L", "cifar10": "RGB", "imagefolder": "RGB"}
+_NATIVE_IMAGE_SIZE = {"digits": 16, "faces": 25, "mnist": 28, "cifar10": 32, "imagefolder": 224}
+_NATIVE_COLOR_MODE = {
+    "digits": "L",
+    "faces": "L",
+    "mnist": "L",
+    "cifar10": "RGB",
+    "imagefolder": "RGB",
+}
 
 
 def _luma(values: tuple[float, ...]) -> float:
@@ -77,7 +85,7 @@ def build_preprocess_spec(
             f"expect 3-channel RGB input"
         )
     if resize is None:
-        # digits, mnist and cifar10 images all have one square size, so stretching
+        # digits, faces, mnist and cifar10 images all have one square size, so stretching
         # keeps every pixel. Photos of mixed sizes keep their aspect ratio.
         resize = "shorter_side_center_crop" if dataset == "imagefolder" else "stretch"
     if crop_fraction is None:

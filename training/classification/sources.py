@@ -17,7 +17,8 @@ from PIL import Image
 
 from training.classification.errors import DataNotFoundError, TrainingError
 
-DATASETS = ("digits", "mnist", "cifar10", "imagefolder")
+DATASETS = ("digits", "faces", "mnist", "cifar10", "imagefolder")
+FACES_CLASSES = ["face", "non-face"]
 
 
 class ImageSource(Protocol):
@@ -76,6 +77,22 @@ def load_digits_source() -> ArraySource:
     bunch = load_digits()
     images = digits_images_uint8(bunch.images)
     return ArraySource("digits", images, bunch.target, [str(label) for label in range(10)])
+
+
+def load_faces_source() -> ArraySource:
+    """Return the 200 25x25 grayscale images of `skimage.data.lfw_subset()`.
+
+    scikit-image ships the array in its package data, so nothing is downloaded.
+    The first 100 images are faces from Labeled Faces in the Wild and the last
+    100 are not faces, so the targets are 0 (face) and then 1 (non-face).
+    """
+    from skimage.data import lfw_subset
+
+    # scikit-image 0.26 returns float64 values in [0, 1], although its docstring states uint8.
+    images = np.round(lfw_subset() * 255.0).astype(np.uint8)
+    half = len(images) // 2
+    targets = np.repeat(np.arange(len(FACES_CLASSES)), [half, len(images) - half])
+    return ArraySource("faces", images, targets, list(FACES_CLASSES))
 
 
 def load_torchvision_source(

