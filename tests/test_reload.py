@@ -234,8 +234,10 @@ def test_polling_reloads_and_skips_rejected(repository: Path, tmp_path: Path) ->
         write_version(repository, 2, V2_LABELS)
         wait_for_live_version(server, 2)
 
-        broken = write_version(repository, 3)
-        (broken / "model.onnx").write_bytes(b"half-copied")
+        # Built aside and renamed in, so that no poll sees the folder half written.
+        staged = write_version(tmp_path / "staging", 3)
+        (staged / "model.onnx").write_bytes(b"half-copied")
+        staged.rename(repository / COLOUR_MODEL / "3")
         deadline = time.monotonic() + 20
         while metric(server, "visionserve_model_reloads_total", result="failure") < 1:
             assert time.monotonic() < deadline, "polling never tried version 3"
