@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from training.classification.finetune import (
 from training.classification.models import build_architecture, build_model
 from training.classification.optim import build_lr_scheduler, warmup_lr_factor
 from training.classification.preprocessing import build_preprocess_spec
+from training.classification.transfer_args import check_transfer_args
 from training.classification.transfer_report import ArmResult, RunRecord, outcome_checks
 
 NUM_CLASSES = 3
@@ -560,3 +562,13 @@ def test_quick_faces_experiment_writes_page(tmp_path: Path) -> None:
         ("scratch", False),
         ("scratch", True),
     ]
+
+
+def test_staged_without_unfreezing_warns(caplog: pytest.LogCaptureFixture) -> None:
+    args = train.get_args_parser().parse_args(
+        ["--model", "efficientnet_lite0", "--strategy", "staged", "--head-epochs", "4",
+         "--epochs", "2"]
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        check_transfer_args(args)
+    assert "never unfreezes a backbone group" in caplog.text

@@ -7,11 +7,14 @@ records which strategy and augmentations produced it.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import NoReturn
 
 from training.classification.augment import AUTO_AUGMENTS, AugmentOptions
 from training.classification.errors import InvalidArgumentsError
 from training.classification.finetune import STRATEGIES, Strategy
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HEAD_EPOCHS = 1
 DEFAULT_UNFREEZE_EVERY = 1
@@ -154,6 +157,15 @@ def _check_strategy_args(args: argparse.Namespace) -> None:
             args.unfreeze_every = DEFAULT_UNFREEZE_EVERY
         if args.head_epochs < 0 or args.unfreeze_every < 1:
             _reject("--head-epochs must not be negative and --unfreeze-every must be positive")
+        if args.epochs <= args.head_epochs:
+            # Allowed, because quick runs shorten --epochs only, but the run
+            # then trains the head alone, like --strategy linear_probe.
+            logger.warning(
+                "--strategy staged with --epochs %d and --head-epochs %d never unfreezes a "
+                "backbone group; raise --epochs above --head-epochs to fine-tune the backbone",
+                args.epochs,
+                args.head_epochs,
+            )
     if not 0.0 < args.layer_lr_decay <= 1.0:
         _reject(f"--layer-lr-decay must be in (0, 1], got {args.layer_lr_decay}")
 
