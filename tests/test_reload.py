@@ -234,7 +234,7 @@ def test_polling_reloads_and_skips_rejected(repository: Path, tmp_path: Path) ->
         write_version(repository, 2, V2_LABELS)
         wait_for_live_version(server, 2)
 
-        # Built aside and renamed in, so that no poll sees the folder half written.
+        # Built aside and renamed in, so that no poll reads a half-written folder.
         staged = write_version(tmp_path / "staging", 3)
         (staged / "model.onnx").write_bytes(b"half-copied")
         staged.rename(repository / COLOUR_MODEL / "3")

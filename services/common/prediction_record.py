@@ -4,7 +4,7 @@ Stream key: `<prefix>:predictions:<service>:<model>`, one stream per model, so
 the drift job reads a window of one model with a single XREVRANGE. Entry
 fields are flat strings; `labels` and `scores` are JSON lists.
 
-- classification: `labels` holds the top-1 label and `scores` its probability;
+- classification: `labels` contains the top-1 label and `scores` its probability;
 - detection: one label and score per detection, so `box_count` is their length.
 """
 
@@ -29,7 +29,7 @@ def prediction_log_key(prefix: str, service: str, model: str) -> str:
 
 @dataclass(frozen=True)
 class PredictionRecord:
-    """What one request saw and predicted, without the image."""
+    """The input statistics and predictions of one image, without its pixels."""
 
     timestamp: float  # Unix seconds
     service: str
