@@ -1,7 +1,7 @@
 """The monitoring part of the demo: a metrics snapshot, and a drift report of the demo's traffic.
 
 The model services write their prediction log to the local Redis under a key
-prefix of this demo run's own, so that the drift job sees only this run's
+prefix of this demo run's own, so that the drift job reads only this run's
 traffic. After the traffic, the demo saves what each service's `/metrics`
 shows, runs the drift job once and deletes the run's Redis keys. Without
 Redis, the services drop the records and the report lists the Redis error.
